@@ -1,0 +1,203 @@
+"""ModelCheckpoint: save the run at epoch ends or every n steps, keep the best k and the last."""
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Optional
+
+import torch
+
+from ..utils import MisconfigurationError, rank_zero_warn
+from .base import Callback
+
+
+class ModelCheckpoint(Callback):
+    """Save checkpoints during fit.
+
+    Args:
+        dirpath: folder for the files (default: ``<log_dir>/checkpoints``, or
+            ``<default_root_dir>/checkpoints`` without a logger).
+        filename: a template such as ``"{epoch}-{val_loss:.3f}"``; names in braces are ``epoch``,
+            ``step`` and any logged metric (default ``"epoch={epoch}-step={step}"``).
+        monitor: the metric ranking checkpoints (``None``: the newest is the best).
+        mode: "min" or "max" for ``monitor``.
+        save_top_k: how many of the best to keep (``-1``: all, ``0``: none besides ``last``).
+        save_last: also keep ``last.ckpt``, always the newest state.
+        every_n_epochs / every_n_train_steps: when to save (default: every epoch end).
+        save_weights_only: store only the weights and hyperparameters.
+
+    Example::
+
+        surge.Trainer(callbacks=[ModelCheckpoint(monitor="val_loss", save_top_k=3, every_n_train_steps=500)])
+    """
+
+    reads_epoch_metrics = True
+    CHECKPOINT_NAME_LAST = "last"
+    FILE_EXTENSION = ".ckpt"
+
+    def __init__(self, dirpath: Optional[str] = None, filename: Optional[str] = None, monitor: Optional[str] = None,
+                 mode: str = "min", save_top_k: int = 1, save_last: Optional[bool] = None,
+                 every_n_epochs: Optional[int] = None, every_n_train_steps: Optional[int] = None,
+                 save_weights_only: bool = False, save_on_train_epoch_end: Optional[bool] = None,
+                 auto_insert_metric_name: bool = True, verbose: bool = False):
+        if mode not in ("min", "max"):
+            raise MisconfigurationError(f"ModelCheckpoint(mode={mode!r}): choose 'min' or 'max'")
+        if not isinstance(save_top_k, int) or save_top_k < -1:
+            raise MisconfigurationError(f"ModelCheckpoint(save_top_k={save_top_k!r}) must be an int >= -1")
+        for name, v in (("every_n_epochs", every_n_epochs), ("every_n_train_steps", every_n_train_steps)):
+            if v is not None and (not isinstance(v, int) or v < 0):
+                raise MisconfigurationError(f"ModelCheckpoint({name}={v!r}) must be an int >= 0 or None")
+        if every_n_train_steps and every_n_epochs:
+            raise MisconfigurationError("ModelCheckpoint: give every_n_epochs or every_n_train_steps, not both")
+        self.dirpath = os.fspath(dirpath) if dirpath is not None else None
+        self.filename = filename
+        self.monitor = monitor
+        self.mode = mode
+        self.save_top_k = save_top_k
+        self.save_last = save_last
+        self.every_n_train_steps = every_n_train_steps or 0
+        self.every_n_epochs = 1 if every_n_epochs is None and not every_n_train_steps else (every_n_epochs or 0)
+        self.save_weights_only = save_weights_only
+        self.save_on_train_epoch_end = save_on_train_epoch_end
+        self.auto_insert_metric_name = auto_insert_metric_name
+        self.verbose = verbose
+        self.best_k_models: dict[str, float] = {}
+        self.best_model_path = ""
+        self.best_model_score: Optional[torch.Tensor] = None
+        self.last_model_path = ""
+        self._last_global_step_saved = -1
+
+    @property
+    def state_key(self) -> str:
+        return f"ModelCheckpoint{{monitor={self.monitor!r}, mode={self.mode!r}, every_n_train_steps={self.every_n_train_steps}, " \
+               f"every_n_epochs={self.every_n_epochs}}}"
+
+    # ------------------------------------------------------------------ when to save
+    def setup(self, trainer, module, stage: str) -> None:
+        if self.dirpath is None:
+            base = trainer.log_dir if trainer.loggers else trainer.default_root_dir
+            self.dirpath = os.path.join(base, "checkpoints")
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        n = self.every_n_train_steps
+        if n and trainer.global_step % n == 0 and trainer.global_step != self._last_global_step_saved:
+            self._save(trainer, module)
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if self._saves_on_train_epoch_end(trainer) and self._epoch_due(trainer):
+            self._save(trainer, module)
+
+    def on_validation_end(self, trainer, module) -> None:
+        if trainer.sanity_checking or self._saves_on_train_epoch_end(trainer) or not self._epoch_due(trainer):
+            return
+        self._save(trainer, module)
+
+    def _saves_on_train_epoch_end(self, trainer) -> bool:
+        if self.save_on_train_epoch_end is not None:
+            return self.save_on_train_epoch_end
+        # Without validation at the end of this epoch, save when the training epoch ends.
+        return not trainer.val_dataloaders or not trainer._epoch_finished or trainer.limit_val_batches == 0
+
+    def _epoch_due(self, trainer) -> bool:
+        if not self.every_n_epochs or not trainer._epoch_finished:
+            return False
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    # ------------------------------------------------------------------ saving
+    def _save(self, trainer, module) -> None:
+        if trainer.fast_dev_run or trainer.sanity_checking:
+            return
+        metrics = dict(trainer.callback_metrics)
+        self._last_global_step_saved = trainer.global_step
+        checkpoint = trainer._checkpoint_dict(self.save_weights_only)
+        if self.save_top_k != 0:
+            self._save_top_k(trainer, checkpoint, metrics)
+        if self.save_last:
+            path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+            self._write(trainer, checkpoint, path)
+            self.last_model_path = path
+        trainer.strategy.barrier("ModelCheckpoint")
+
+    def _save_top_k(self, trainer, checkpoint, metrics) -> None:
+        score = None
+        if self.monitor is not None:
+            if self.monitor not in metrics:
+                rank_zero_warn(f"ModelCheckpoint(monitor={self.monitor!r}) found no such metric; logged: {sorted(metrics)}."
+                               f" Not saving a top-k checkpoint this time.")
+                return
+            score = float(metrics[self.monitor])
+            if math.isnan(score):
+                score = math.inf if self.mode == "min" else -math.inf
+        path = self._path(trainer, metrics)
+        if self.monitor is None:
+            # No metric: the newest checkpoints are the best ones.
+            score = float(trainer.global_step)
+            better = True
+        else:
+            better = self._is_better(score)
+        if not better:
+            return
+        self._write(trainer, checkpoint, path)
+        self.best_k_models[path] = score
+        # Drop the worst only after the new file is complete on disk.
+        keep = self.save_top_k if self.save_top_k != -1 else len(self.best_k_models)
+        ordered = sorted(self.best_k_models, key=lambda p: self.best_k_models[p],
+                         reverse=self.mode == "max" or self.monitor is None)
+        for stale in ordered[keep:]:
+            del self.best_k_models[stale]
+            if stale != path and trainer.is_global_zero and os.path.isfile(stale):
+                os.remove(stale)
+        self.best_model_path = ordered[0]
+        self.best_model_score = torch.tensor(self.best_k_models[ordered[0]])
+        if self.verbose and trainer.is_global_zero:
+            print(f"ModelCheckpoint: saved {path}" + (f" ({self.monitor}={score:.5g})" if self.monitor else ""))
+
+    def _is_better(self, score: float) -> bool:
+        if self.save_top_k == -1 or len(self.best_k_models) < self.save_top_k:
+            return True
+        worst = max(self.best_k_models.values()) if self.mode == "min" else min(self.best_k_models.values())
+        return score < worst if self.mode == "min" else score > worst
+
+    def _write(self, trainer, checkpoint, path) -> None:
+        if trainer.is_global_zero:
+            from ..checkpoint import save_checkpoint
+
+            save_checkpoint(checkpoint, path)
+
+    def _path(self, trainer, metrics) -> str:
+        """The file name for this save: the template with ``{name}`` and ``{name:fmt}`` filled in."""
+        values = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        values.update({k: float(v) for k, v in metrics.items()})
+
+        def fill(match):
+            name, spec = match.group(1), match.group(2) or ""
+            if name not in values:
+                rank_zero_warn(f"ModelCheckpoint(filename={self.filename!r}): {name!r} was not logged; writing 0")
+            text = format(values.get(name, 0), spec[1:])
+            return f"{name.replace('/', '_')}={text}" if self.auto_insert_metric_name else text
+
+        name = re.sub(r"\{([^{}:]+)(:[^{}]*)?\}", fill, self.filename or "{epoch}-{step}")
+        return os.path.join(self.dirpath, name + self.FILE_EXTENSION)
+
+    def find_existing(self, trainer) -> list[str]:
+        """Checkpoint files already in this callback's folder (for ``ckpt_path="last"``)."""
+        if self.dirpath is None or not os.path.isdir(self.dirpath):
+            return []
+        return [os.path.join(self.dirpath, f) for f in os.listdir(self.dirpath)
+                if f.endswith(self.FILE_EXTENSION) and not f.startswith(".")]
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"monitor": self.monitor, "best_model_score": None if self.best_model_score is None else float(self.best_model_score),
+                "best_model_path": self.best_model_path, "best_k_models": dict(self.best_k_models),
+                "last_model_path": self.last_model_path, "dirpath": self.dirpath}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("dirpath") not in (None, self.dirpath):
+            return  # another folder: its files are not ours to rank or delete
+        self.best_k_models = {p: s for p, s in state.get("best_k_models", {}).items() if os.path.isfile(p)}
+        self.best_model_path = state.get("best_model_path", "")
+        score = state.get("best_model_score")
+        self.best_model_score = None if score is None else torch.tensor(score)
+        self.last_model_path = state.get("last_model_path", "")

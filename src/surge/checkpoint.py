@@ -1,0 +1,113 @@
+"""Checkpoint files: atomic writes, safe loads, clear errors.
+
+A checkpoint is a dict of tensors and plain data only, so it loads with
+``torch.load(weights_only=True)``: a file from an untrusted source cannot run code.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from typing import Any
+
+import torch
+
+from .utils import SurgeError
+
+FORMAT_VERSION = 1
+FORMAT_KEY = "surge_format_version"
+
+
+class CheckpointError(SurgeError):
+    """A checkpoint file that cannot be used: missing, corrupt, foreign, or of another model."""
+
+
+def save_checkpoint(checkpoint: dict, path: str) -> None:
+    """Write ``checkpoint`` to ``path`` atomically.
+
+    The bytes go to a temporary file in the same folder, are flushed and fsynced, and only then
+    renamed over ``path``; a crash at any moment leaves either the old file or the new one, never a
+    half-written file under the checkpoint's name.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ckpt", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: str) -> None:
+    # The rename is durable only once the directory entry itself is on disk.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path, map_location: Any = "cpu") -> dict:
+    """Read a surge checkpoint with ``weights_only=True`` and check that it is one."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"checkpoint {path!r} holds objects that only arbitrary unpickling can rebuild, which could run code "
+            f"from the file; surge refuses it. If you trust the file, load it yourself with "
+            f"torch.load(path, weights_only=False). ({str(err).splitlines()[0]})"
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path!r} is truncated or corrupt and cannot be read: {err}") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(
+            f"{path!r} is not a surge checkpoint: expected a dict with a 'state_dict' key, got "
+            f"{type(ckpt).__name__}{' with keys ' + str(sorted(ckpt)[:8]) if isinstance(ckpt, dict) else ''}"
+        )
+    version = ckpt.get(FORMAT_KEY, FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path!r} has format version {version!r}, newer than this surge reads ({FORMAT_VERSION}); "
+            f"upgrade surge"
+        )
+    return ckpt
+
+
+def load_module_state(module: torch.nn.Module, state_dict: dict, strict: bool = True, path: str = "") -> None:
+    """Load ``state_dict`` into ``module``; with ``strict`` every mismatch is listed by name."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(v.shape)} vs module {tuple(own[k].shape)}"
+              for k, v in state_dict.items()
+              if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape)]
+    if shapes or (strict and (missing or unexpected)):
+        lines = [f"checkpoint {str(path)!r} does not fit {type(module).__name__}:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {', '.join(missing[:20])}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected[:20])}")
+        if shapes:
+            lines.append(f"  shape mismatches ({len(shapes)}): " + "; ".join(shapes[:20]))
+        if not shapes:
+            lines.append("  pass strict=False to load the matching keys only")
+        raise CheckpointError("\n".join(lines))
+    module.load_state_dict(state_dict, strict=strict)

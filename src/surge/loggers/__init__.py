@@ -1,0 +1,19 @@
+"""Loggers: where a run's metrics and hyperparameters go.
+
+Each logger writes under ``save_dir/name/version_N`` and creates nothing until its first write.
+
+Example::
+
+    from surge.loggers import CSVLogger
+    logger = CSVLogger("runs", name="mnist")       # runs/mnist/version_<next free>
+    logger.log_metrics({"loss": 0.5}, step=0)
+    logger.finalize("success")
+
+Importing this package does not import TensorBoard; ``TensorBoardLogger`` loads it when it
+opens its first event file.
+"""
+from .base import Logger
+from .csv import CSVLogger
+from .tensorboard import TensorBoardLogger
+
+__all__ = ["Logger", "CSVLogger", "TensorBoardLogger"]

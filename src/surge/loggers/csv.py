@@ -1,0 +1,166 @@
+"""CSVLogger: metrics to ``log_dir/metrics.csv``, hyperparameters to ``log_dir/hparams.yaml``."""
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping
+
+from .base import Logger, to_number
+
+METRICS_FILE = "metrics.csv"
+
+
+class CSVExperimentWriter:
+    """Buffers metric rows and writes them to ``metrics.csv``; what ``CSVLogger.experiment`` returns.
+
+    The header is ``step`` followed by every metric key in order of first appearance. A key that
+    shows up after rows are on disk widens the header: the file is rewritten and the old rows get
+    empty cells. If ``metrics.csv`` already exists (a resumed run), its rows are kept, except those
+    at or after the first step this writer logs, which the new run replaces.
+
+    Example::
+
+        writer = CSVExperimentWriter("runs/exp/version_0")
+        writer.log_metrics({"loss": 0.25}, step=0)
+        writer.save()   # runs/exp/version_0/metrics.csv: "step,loss" / "0,0.25"
+    """
+
+    def __init__(self, log_dir: str):
+        self.log_dir = log_dir
+        self.metrics_file = os.path.join(log_dir, METRICS_FILE)
+        self.keys: list[str] = []  # metric columns (without "step"), in order of first appearance
+        self._pending: list[dict[str, str]] = []  # rows not yet on disk
+        self._disk_keys: list[str] | None = None  # header of the file on disk; None: no file yet
+        self._drop_from: int | None = None  # old rows with step >= this are replaced by ours
+        self._started = False
+
+    @property
+    def started(self) -> bool:
+        """Whether any row was logged yet."""
+        return self._started
+
+    def log_metrics(self, metrics: Mapping[str, int | float], step: int) -> None:
+        """Buffer one row; ``metrics`` values must already be Python numbers."""
+        if not self._started:
+            self._started = True
+            self._adopt_existing(int(step))
+        row = {}
+        for key, value in metrics.items():
+            if key == "step":  # the step column always holds the step argument
+                continue
+            if key not in self.keys:
+                self.keys.append(key)
+            # repr keeps every digit of a float, so values read back compare equal
+            row[key] = repr(value) if isinstance(value, float) else str(value)
+        row["step"] = str(int(step))
+        self._pending.append(row)
+
+    def save(self) -> None:
+        """Write buffered rows: append when the header is unchanged, otherwise rewrite the file."""
+        if not self._pending and self._drop_from is None:
+            return
+        os.makedirs(self.log_dir, exist_ok=True)
+        fields = ["step"] + self.keys
+        if self._disk_keys is not None and (self._disk_keys != self.keys or self._drop_from is not None):
+            self._rewrite(fields)
+        else:
+            fresh = self._disk_keys is None
+            with open(self.metrics_file, "w" if fresh else "a", newline="") as f:
+                writer = csv.DictWriter(f, fields, restval="", lineterminator="\n")
+                if fresh:
+                    writer.writeheader()
+                writer.writerows(self._pending)
+        self._disk_keys = list(self.keys)
+        self._pending = []
+        self._drop_from = None
+
+    def _adopt_existing(self, first_step: int) -> None:
+        # Only the header is read now; old rows are read once, at the rewrite in save().
+        if not os.path.isfile(self.metrics_file):
+            return
+        with open(self.metrics_file, newline="") as f:
+            header = next(csv.reader(f), None)
+        if not header:  # empty file: write it afresh
+            return
+        self._disk_keys = [key for key in header if key != "step"]
+        self.keys = list(self._disk_keys)
+        self._drop_from = first_step
+
+    def _rewrite(self, fields: list[str]) -> None:
+        with open(self.metrics_file, newline="") as f:
+            old_rows = list(csv.DictReader(f))
+        if self._drop_from is not None:
+            old_rows = [row for row in old_rows if not _step_at_least(row.get("step"), self._drop_from)]
+        # Write beside the file and swap, so a crash mid-rewrite cannot lose the old rows.
+        tmp = self.metrics_file + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fields, restval="", extrasaction="ignore", lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(old_rows)
+            writer.writerows(self._pending)
+        os.replace(tmp, self.metrics_file)
+
+
+def _step_at_least(step: str | None, limit: int) -> bool:
+    try:
+        return int(float(step)) >= limit
+    except (TypeError, ValueError):  # a row without a readable step is kept
+        return False
+
+
+class CSVLogger(Logger):
+    """Log metrics to ``save_dir/name/version_N/metrics.csv`` and hparams to ``hparams.yaml``.
+
+    Rows are buffered and written every ``flush_logs_every_n_steps`` calls to
+    :meth:`log_metrics`, and at :meth:`save` / :meth:`finalize`. Each call is one row.
+
+    Example::
+
+        logger = CSVLogger("runs", name="mnist")
+        logger.log_metrics({"loss": 0.5, "epoch": 0}, step=10)
+        logger.finalize("success")   # runs/mnist/version_0/metrics.csv
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        name: str | None = "surge_logs",
+        version: int | str | None = None,
+        prefix: str = "",
+        flush_logs_every_n_steps: int = 100,
+    ):
+        super().__init__(save_dir, name=name, version=version, prefix=prefix)
+        if flush_logs_every_n_steps < 1:
+            raise ValueError(f"flush_logs_every_n_steps must be >= 1, got {flush_logs_every_n_steps}")
+        self._flush_every = flush_logs_every_n_steps
+        self._calls = 0
+
+    @property
+    def experiment(self) -> CSVExperimentWriter:
+        """The :class:`CSVExperimentWriter` for ``log_dir`` (created on first use; touches no disk)."""
+        if self._experiment is None:
+            self._experiment = CSVExperimentWriter(self.log_dir)
+        return self._experiment
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Buffer one row of ``metrics`` at ``step``; e.g. ``logger.log_metrics({"loss": 0.1}, 5)``."""
+        numbers = {key: to_number(value, key) for key, value in self._prefixed(metrics).items()}
+        self.experiment.log_metrics(numbers, step)
+        self._calls += 1
+        if self._calls % self._flush_every == 0:
+            self.save()
+
+    def save(self) -> None:
+        """Write all buffered rows to ``metrics.csv``."""
+        if self._experiment is not None:
+            self._experiment.save()
+
+    def finalize(self, status: str) -> None:
+        """Write all buffered rows; the file is not held open, so there is nothing to close."""
+        self.save()
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Reuse the saved version; a writer that has logged nothing yet is simply re-made."""
+        if self._experiment is not None and not self._experiment.started:
+            self._experiment = None
+        super().load_state_dict(state)

@@ -1,0 +1,149 @@
+"""Numeric precision: the autocast context, the grad scaler and the parameter dtype of a run.
+
+Each precision is a small class; ``get_precision(name, device)`` picks one from the Trainer's
+``precision=`` argument.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+
+from .utils import MisconfigurationError
+
+_ALIASES = {"32": "32-true", 32: "32-true", "32-true": "32-true",
+            "64": "64-true", 64: "64-true", "64-true": "64-true",
+            "16": "16-mixed", 16: "16-mixed", "16-mixed": "16-mixed",
+            "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
+            "bf16-true": "bf16-true", "16-true": "16-true"}
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
+
+
+class Precision:
+    """Full float32 (``"32-true"``). Base class: subclasses change the pieces they need."""
+
+    name = "32-true"
+    param_dtype: Optional[torch.dtype] = None  # None: leave the module's dtype alone
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module.to(self.param_dtype) if self.param_dtype is not None else module
+
+    def autocast(self):
+        """Context the forward pass runs in."""
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        loss.backward(*args, **kwargs)
+
+    def unscale(self, optimizer) -> None:
+        """Make gradients true-valued before clipping or inspecting them."""
+
+    def optimizer_step(self, optimizer) -> bool:
+        """Step ``optimizer``; return whether it really stepped (a scaler may skip the step)."""
+        optimizer.step()
+        return True
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class DoublePrecision(Precision):
+    """float64 parameters and inputs' floating tensors stay float64 (``"64-true"``)."""
+
+    name = "64-true"
+    param_dtype = torch.float64
+
+
+class HalfPrecision(Precision):
+    """Parameters and computation in bf16 or fp16 with no fp32 master copy (``"bf16-true"``, ``"16-true"``)."""
+
+    def __init__(self, device, dtype: torch.dtype):
+        super().__init__(device)
+        self.param_dtype = dtype
+        self.name = "bf16-true" if dtype is torch.bfloat16 else "16-true"
+
+
+class MixedPrecision(Precision):
+    """fp32 parameters with the forward under autocast (``"bf16-mixed"``, ``"16-mixed"``).
+
+    fp16 gradients can underflow, so ``"16-mixed"`` scales the loss with a GradScaler, which also skips
+    steps whose gradients hold inf or NaN; ``skipped_steps`` counts them.
+    """
+
+    def __init__(self, device, dtype: torch.dtype):
+        super().__init__(device)
+        self.dtype = dtype
+        self.name = "bf16-mixed" if dtype is torch.bfloat16 else "16-mixed"
+        self.scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
+        self.skipped_steps = 0
+        self._unscaled: set[int] = set()
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def backward(self, loss, *args, **kwargs) -> None:
+        if self.scaler is not None:
+            loss = self.scaler.scale(loss)
+        loss.backward(*args, **kwargs)
+
+    def unscale(self, optimizer) -> None:
+        if self.scaler is not None and id(optimizer) not in self._unscaled:
+            self.scaler.unscale_(optimizer)
+            self._unscaled.add(id(optimizer))
+
+    def optimizer_step(self, optimizer) -> bool:
+        self._unscaled.discard(id(optimizer))
+        if self.scaler is None:
+            optimizer.step()
+            return True
+        scale = self.scaler.get_scale()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        # The scaler lowers its scale exactly when it skipped the step for inf/NaN gradients.
+        stepped = self.scaler.get_scale() >= scale
+        self.skipped_steps += not stepped
+        return stepped
+
+    def state_dict(self) -> dict:
+        return {"scaler": self.scaler.state_dict(), "skipped_steps": self.skipped_steps} if self.scaler else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+            self.skipped_steps = state.get("skipped_steps", 0)
+
+
+def normalize_precision(value) -> str:
+    """The canonical name of a ``precision=`` value, or a clear error."""
+    key = value.lower() if isinstance(value, str) else value
+    if isinstance(key, bool) or key not in _ALIASES:
+        raise MisconfigurationError(
+            f"precision={value!r} is not supported; choose one of {', '.join(PRECISIONS)} "
+            f"(or the short forms 32, 16, 64, 'bf16')"
+        )
+    return _ALIASES[key]
+
+
+def get_precision(name: str, device: torch.device) -> Precision:
+    """The Precision for canonical ``name`` on ``device``; a clear error if the device cannot do it."""
+    if name == "32-true":
+        return Precision(device)
+    if name == "64-true":
+        return DoublePrecision(device)
+    dtype = torch.bfloat16 if name.startswith("bf16") else torch.float16
+    if device.type == "cuda" and dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise MisconfigurationError(f"precision={name!r}: this GPU ({torch.cuda.get_device_name(device)}) has no bf16")
+    if device.type == "mps" and name == "bf16-mixed" and not torch.backends.mps.is_macos_or_newer(14, 0):
+        raise MisconfigurationError(f"precision={name!r}: bf16 on MPS needs macOS 14 or newer")
+    if name.endswith("-true"):
+        return HalfPrecision(device, dtype)
+    return MixedPrecision(device, dtype)

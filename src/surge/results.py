@@ -1,0 +1,161 @@
+"""What ``self.log`` collects and how it is reduced.
+
+Values stay on their device: a step value is kept as the tensor it was, and epoch values accumulate
+into device tensors. Nothing here calls ``.item()``; the Trainer converts to Python floats only when
+a logger or the progress bar writes them out.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Callable, Optional, Union
+
+import torch
+
+from .utils import SurgeError
+
+_REDUCE_NAMES = {"mean": "mean", "avg": "mean", "sum": "sum", "max": "max", "min": "min"}
+_REDUCE_FNS = {torch.mean: "mean", torch.sum: "sum", torch.max: "max", torch.min: "min"}
+
+# Hooks that log per step by default; everything else logs per epoch by default.
+_STEP_HOOKS = {"training_step", "on_train_batch_start", "on_train_batch_end", "on_before_backward",
+               "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad", "optimizer_step",
+               "lr_scheduler_step"}
+# Hooks where logging makes no sense (no step or epoch to attach the value to).
+_FORBIDDEN_HOOKS = {"setup", "teardown", "configure_optimizers", "configure_model", "prepare_data",
+                    "on_fit_start", "on_fit_end", "on_train_start", "on_train_end", "predict_step",
+                    "on_save_checkpoint", "on_load_checkpoint"}
+
+
+class _Metric:
+    """One logged name in one stage: its options, its latest step value and its epoch accumulator."""
+
+    __slots__ = ("name", "on_step", "on_epoch", "prog_bar", "logger", "reduce", "sync_dist", "step_value",
+                 "total", "weight", "fresh")
+
+    def __init__(self, name, on_step, on_epoch, prog_bar, logger, reduce, sync_dist):
+        self.name, self.on_step, self.on_epoch = name, on_step, on_epoch
+        self.prog_bar, self.logger, self.reduce, self.sync_dist = prog_bar, logger, reduce, sync_dist
+        self.step_value: Optional[torch.Tensor] = None
+        self.total: Optional[torch.Tensor] = None
+        self.weight = 0
+        self.fresh = False  # logged since the last step write-out
+
+    def update(self, value: torch.Tensor, batch_size: int) -> None:
+        self.step_value = value
+        self.fresh = True
+        if not self.on_epoch:
+            return
+        if self.reduce == "mean":
+            v = value * batch_size
+            self.total = v if self.total is None else self.total + v
+            self.weight += batch_size
+        elif self.total is None:
+            self.total = value
+        elif self.reduce == "sum":
+            self.total = self.total + value
+        elif self.reduce == "max":
+            self.total = torch.maximum(self.total, value)
+        else:
+            self.total = torch.minimum(self.total, value)
+
+    def epoch_value(self) -> Optional[torch.Tensor]:
+        if self.total is None:
+            return None
+        return self.total / self.weight if self.reduce == "mean" else self.total
+
+
+class Results:
+    """The metrics of one stage ("train", "validate", "test") of a run."""
+
+    def __init__(self, stage: str, strategy=None):
+        self.stage = stage
+        self.strategy = strategy
+        self.metrics: dict[str, _Metric] = {}
+        self.hook: str = ""           # the hook now running: picks defaults and checks where log is allowed
+        self.batch_size: int = 1      # of the current batch, for the weighted epoch mean
+        self.dataloader_idx: Optional[int] = None  # set when a stage has several dataloaders
+
+    def log(self, name, value, *, prog_bar, logger, on_step, on_epoch, reduce_fx, enable_graph, sync_dist,
+            add_dataloader_idx, batch_size, rank_zero_only) -> None:
+        hook = self.hook
+        if not isinstance(name, str) or not name:
+            raise SurgeError(f"self.log: name must be a non-empty str, got {name!r}")
+        if hook in _FORBIDDEN_HOOKS:
+            raise SurgeError(f"self.log({name!r}) cannot be called from {hook}(); log from a step or an epoch-end hook")
+        step_hook = hook in _STEP_HOOKS
+        if on_step is None:
+            on_step = step_hook
+        if on_epoch is None:
+            on_epoch = not step_hook
+        if self.stage != "train" and on_step and not step_hook and hook.endswith("epoch_end"):
+            raise SurgeError(f"self.log({name!r}, on_step=True) cannot be used in {hook}(); there is no step there")
+        if not (on_step or on_epoch):
+            raise SurgeError(f"self.log({name!r}): on_step and on_epoch are both False, so the value would go nowhere")
+        reduce = _reduce_name(reduce_fx, name)
+        tensor = _as_tensor(value, name)
+        if not enable_graph:
+            tensor = tensor.detach()
+        if add_dataloader_idx and self.dataloader_idx is not None:
+            name = f"{name}/dataloader_idx_{self.dataloader_idx}"
+        metric = self.metrics.get(name)
+        if metric is None:
+            metric = self.metrics[name] = _Metric(name, on_step, on_epoch, prog_bar, logger, reduce, sync_dist)
+        elif (metric.on_step, metric.on_epoch, metric.reduce) != (on_step, on_epoch, reduce):
+            raise SurgeError(
+                f"self.log({name!r}) was called with on_step={on_step}, on_epoch={on_epoch}, reduce_fx={reduce!r} "
+                f"but earlier in this {self.stage} epoch with on_step={metric.on_step}, on_epoch={metric.on_epoch}, "
+                f"reduce_fx={metric.reduce!r}; use the same options every time"
+            )
+        if sync_dist and on_step and self.strategy is not None and self.strategy.world_size > 1:
+            tensor = self.strategy.reduce(tensor, reduce)
+        metric.update(tensor, batch_size if batch_size is not None else self.batch_size)
+
+    # ------------------------------------------------------------------ read-outs
+    def step_metrics(self, for_logger: bool) -> dict[str, torch.Tensor]:
+        """The per-step values logged since the last call (names get ``_step`` when also per epoch)."""
+        out = {}
+        for m in self.metrics.values():
+            if m.on_step and m.fresh and (m.logger if for_logger else m.prog_bar):
+                out[f"{m.name}_step" if m.on_epoch else m.name] = m.step_value
+        return out
+
+    def mark_step_written(self) -> None:
+        for m in self.metrics.values():
+            m.fresh = False
+
+    def epoch_metrics(self) -> dict[str, tuple[torch.Tensor, _Metric]]:
+        """Reduce the epoch accumulators (across processes for ``sync_dist=True``)."""
+        out = {}
+        for name, m in self.metrics.items():
+            value = m.epoch_value()
+            if value is None:
+                continue
+            if m.sync_dist and self.strategy is not None and self.strategy.world_size > 1:
+                value = self.strategy.reduce(value, m.reduce)
+            out[name] = (value, m)
+        return out
+
+    def reset(self) -> None:
+        self.metrics.clear()
+
+
+def _reduce_name(reduce_fx: Union[str, Callable], name: str) -> str:
+    if isinstance(reduce_fx, str) and reduce_fx.lower() in _REDUCE_NAMES:
+        return _REDUCE_NAMES[reduce_fx.lower()]
+    if reduce_fx in _REDUCE_FNS:
+        return _REDUCE_FNS[reduce_fx]
+    raise SurgeError(
+        f"self.log({name!r}): reduce_fx must be one of 'mean', 'sum', 'max', 'min' (or torch.mean/sum/max/min), "
+        f"got {reduce_fx!r}"
+    )
+
+
+def _as_tensor(value, name: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise SurgeError(f"self.log({name!r}) needs a single number, got a tensor of shape {tuple(value.shape)}")
+        value = value.reshape(())
+        return value if value.is_floating_point() else value.double()
+    if isinstance(value, bool) or not isinstance(value, numbers.Number):
+        raise SurgeError(f"self.log({name!r}) needs a number or a one-element tensor, got {type(value).__name__}")
+    return torch.tensor(float(value), dtype=torch.float64)

@@ -1,0 +1,164 @@
+"""The Strategy interface: how a batch becomes gradients and updated weights across devices.
+
+A strategy owns the device placement of the module, the forward and backward of a batch, the
+optimizer step (through its Precision), the collectives (reduce, barrier, broadcast, all_gather) and
+how dataloaders are split across processes. ``SingleDevice`` is the whole interface at its simplest;
+distributed strategies change only what they must.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Optional
+
+import torch
+
+from ..precision import Precision, get_precision
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register(*names: str):
+    """Class decorator: make a Strategy available as ``Trainer(strategy=name)``."""
+
+    def deco(cls):
+        for n in names:
+            _REGISTRY[n] = cls
+        return cls
+
+    return deco
+
+
+class Strategy:
+    """Base class. Subclasses set up processes and wrap the module; the Trainer calls only these methods."""
+
+    name = "base"
+
+    def __init__(self) -> None:
+        self.accelerator: str = "cpu"
+        self.device_ids: list[int] = [0]
+        self.num_nodes: int = 1
+        self.root_device = torch.device("cpu")
+        self.precision: Precision = Precision(self.root_device)
+        self.module: Optional[torch.nn.Module] = None  # the user's module, unwrapped
+        self.model: Optional[torch.nn.Module] = None   # what runs the forward (a wrapper under DDP)
+
+    # ------------------------------------------------------------------ set-up
+    def configure(self, accelerator: str, device_ids: list[int], num_nodes: int, precision: str) -> None:
+        """Receive the Trainer's resolved ``accelerator``, ``devices`` and ``precision``."""
+        self.accelerator, self.device_ids, self.num_nodes = accelerator, device_ids, num_nodes
+        self.root_device = self._pick_root_device()
+        self.precision = get_precision(precision, self.root_device)
+
+    def _pick_root_device(self) -> torch.device:
+        if self.accelerator == "cpu":
+            return torch.device("cpu")
+        return torch.device(self.accelerator, self.device_ids[self.local_rank])
+
+    def launch(self, fn, *args, **kwargs):
+        """Run ``fn`` in every process of the run (here: just this one) and return its result."""
+        return fn(*args, **kwargs)
+
+    def setup_environment(self) -> None:
+        """Start what the processes share (a process group); select the device."""
+        if self.root_device.type == "cuda":
+            torch.cuda.set_device(self.root_device)
+
+    def setup_module(self, module: torch.nn.Module) -> None:
+        """Move ``module`` to the device in the precision's dtype, and wrap it if the strategy needs to."""
+        module = self.precision.convert_module(module)
+        module.to(self.root_device)
+        self.module = module
+        self.model = module
+
+    def teardown(self) -> None:
+        self.model = None
+
+    # ------------------------------------------------------------------ processes
+    world_size = 1
+    global_rank = 0
+    local_rank = 0
+    node_rank = 0
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.global_rank == 0
+
+    def barrier(self, name: str = "") -> None:
+        """Wait until every process gets here."""
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        """``obj`` from process ``src`` on every process."""
+        return obj
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Stack ``tensor`` from every process along a new first dimension."""
+        return tensor.unsqueeze(0)
+
+    def reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
+        """Reduce ``tensor`` across processes with ``op`` ("mean", "sum", "max", "min")."""
+        return tensor
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        """The same decision on every process: ``all`` → True only if every process says True."""
+        return decision
+
+    # ------------------------------------------------------------------ data
+    def process_dataloader(self, loader, stage: str):
+        """The loader this process iterates (distributed strategies give each process its share)."""
+        return loader
+
+    def batch_to_device(self, batch, module, dataloader_idx: int = 0):
+        return module.transfer_batch_to_device(batch, self.root_device, dataloader_idx)
+
+    # ------------------------------------------------------------------ the step
+    def step(self, stage: str, *args) -> Any:
+        """Run the module's ``{stage}_step(*args)`` (stage: training, validation, test, predict) under the
+        precision's autocast, through the wrapper that distributed strategies need for their hooks."""
+        with self.precision.autocast():
+            return getattr(self.module, f"{stage}_step")(*args)
+
+    def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        self.precision.backward(loss, *args, **kwargs)
+
+    def no_backward_sync(self, active: bool):
+        """Context under which backward does not synchronise gradients (accumulation micro-batches)."""
+        return contextlib.nullcontext()
+
+    def optimizer_step(self, optimizer) -> bool:
+        return self.precision.optimizer_step(optimizer)
+
+    def clip_gradients(self, optimizer, value: float, algorithm: str) -> None:
+        self.precision.unscale(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if algorithm == "norm":
+            torch.nn.utils.clip_grad_norm_(params, value)
+        else:
+            torch.nn.utils.clip_grad_value_(params, value)
+
+    # ------------------------------------------------------------------ checkpoints
+    def module_state_dict(self) -> dict:
+        return self.module.state_dict()
+
+    def optimizer_state_dict(self, optimizer) -> dict:
+        return optimizer.state_dict()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(device={self.root_device})"
+
+
+def strategy_names() -> list[str]:
+    from . import single  # noqa: F401  (registers itself)
+
+    return sorted(_REGISTRY)
+
+
+def get_strategy(value) -> Strategy:
+    """A Strategy for a ``strategy=`` argument: a registered name, or a Strategy instance."""
+    from ..utils import MisconfigurationError
+
+    if isinstance(value, Strategy):
+        return value
+    names = strategy_names()
+    if not isinstance(value, str) or value not in _REGISTRY:
+        raise MisconfigurationError(f"strategy={value!r} is not known; choose one of {', '.join(names)} or pass a Strategy instance")
+    return _REGISTRY[value]()

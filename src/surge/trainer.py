@@ -1,0 +1,1199 @@
+"""Trainer: runs fit, validate, test and predict for a Module on any strategy.
+
+Read ``_fit_loop`` and ``_train_batch`` top to bottom: fetch a batch, forward and backward
+through the strategy, step the optimizers, log, validate, checkpoint. Everything the run knows
+about where it is lives in ``self.state`` (a :class:`TrainerState`).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import warnings
+from typing import Any, Iterable, Optional, Union
+
+import torch
+
+from . import trainer_args as targs
+from .accelerators import parse_devices, resolve_accelerator
+from .callbacks.base import Callback
+from .checkpoint import CheckpointError, load_checkpoint, load_module_state, save_checkpoint
+from .data import batch_size_of, check_limit, num_batches, rebuild_dataloader
+from .datamodule import DataModule, _overrides
+from .module import Module
+from .optim import OptimizerHandle, SchedulerConfig, parse_optimizers
+from .precision import normalize_precision
+from .results import Results
+from .state import TrainerState
+from .strategies.strategy import Strategy, get_strategy
+from .utils import MisconfigurationError, SurgeError, rank_zero_info, rank_zero_warn
+
+_STAGE_PREFIX = {"validate": "validation", "sanity_check": "validation", "test": "test", "predict": "predict"}
+
+
+class Trainer:
+    """Runs the training, evaluation and prediction of a :class:`surge.Module`.
+
+    Example::
+
+        trainer = surge.Trainer(max_epochs=5, precision="bf16-mixed", accumulate_grad_batches=2)
+        trainer.fit(model, datamodule=data)
+        trainer.test(model, datamodule=data)
+
+    Arguments (all keyword):
+        accelerator: "auto" | "cpu" | "cuda" | "gpu" | "mps".
+        strategy: "auto" | "single_device" or a :class:`surge.strategies.Strategy` instance.
+        devices: "auto", a count, a list of indices, or a string "0,1".
+        num_nodes: machines in the run.
+        precision: "32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true" (or 32, 16, "bf16").
+        logger: True (TensorBoard if installed, else CSV), False, a logger, or a list of loggers.
+        callbacks: a Callback or a list of them.
+        fast_dev_run: True or N: run N (1) batches of every stage once, write nothing; for a quick check.
+        max_epochs / min_epochs / max_steps / min_steps: when fit stops. With neither max given: 1000 epochs.
+        limit_{train,val,test,predict}_batches: an int (batches) or a float (fraction) per epoch.
+        overfit_batches: train (unshuffled) and validate on this many training batches only.
+        val_check_interval: float fraction of a training epoch, or int number of training batches.
+        check_val_every_n_epoch: validate every n epochs (None: count val_check_interval across epochs).
+        num_sanity_val_steps: validation batches run before training to catch bugs early (-1: all).
+        log_every_n_steps: how often per-step metrics are written to the loggers.
+        enable_checkpointing / enable_progress_bar / enable_model_summary: the default callbacks.
+        accumulate_grad_batches: batches whose gradients add up before one optimizer step.
+        gradient_clip_val / gradient_clip_algorithm: clip by global norm ("norm") or by value ("value").
+        deterministic: True makes torch use deterministic algorithms ("warn": warn instead of raising).
+        benchmark: sets ``torch.backends.cudnn.benchmark``.
+        use_distributed_sampler: let distributed strategies put a DistributedSampler in.
+        detect_anomaly: run with ``torch.autograd.detect_anomaly``.
+        default_root_dir: where logs and checkpoints go when no logger or callback says (default: cwd).
+        reload_dataloaders_every_n_epochs: call ``train_dataloader()`` again every n epochs.
+        inference_mode: evaluate under ``torch.inference_mode`` (True) or ``torch.no_grad`` (False).
+    """
+
+    def __init__(
+        self,
+        *,
+        accelerator: str = "auto",
+        strategy: Union[str, Strategy] = "auto",
+        devices: Union[int, str, list] = "auto",
+        num_nodes: int = 1,
+        precision: Union[str, int] = "32-true",
+        logger: Any = True,
+        callbacks: Union[Callback, list, None] = None,
+        fast_dev_run: Union[bool, int] = False,
+        max_epochs: Optional[int] = None,
+        min_epochs: Optional[int] = None,
+        max_steps: int = -1,
+        min_steps: Optional[int] = None,
+        limit_train_batches: Union[int, float] = 1.0,
+        limit_val_batches: Union[int, float] = 1.0,
+        limit_test_batches: Union[int, float] = 1.0,
+        limit_predict_batches: Union[int, float] = 1.0,
+        overfit_batches: Union[int, float] = 0.0,
+        val_check_interval: Union[int, float] = 1.0,
+        check_val_every_n_epoch: Optional[int] = 1,
+        num_sanity_val_steps: int = 2,
+        log_every_n_steps: int = 50,
+        enable_checkpointing: bool = True,
+        enable_progress_bar: bool = True,
+        enable_model_summary: bool = True,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: Optional[Union[int, float]] = None,
+        gradient_clip_algorithm: str = "norm",
+        deterministic: Union[bool, str, None] = None,
+        benchmark: Optional[bool] = None,
+        use_distributed_sampler: bool = True,
+        detect_anomaly: bool = False,
+        default_root_dir: Optional[str] = None,
+        reload_dataloaders_every_n_epochs: int = 0,
+        inference_mode: bool = True,
+        **legacy,
+    ) -> None:
+        known = set(inspect.signature(Trainer.__init__).parameters) - {"self", "legacy"}
+        modern = targs.translate_legacy(legacy, known)
+        accelerator = modern.get("accelerator", accelerator)
+        devices = modern.get("devices", devices)
+        self._resume_from = modern.get("_resume_from")
+        use_distributed_sampler = modern.get("use_distributed_sampler", use_distributed_sampler)
+        enable_checkpointing = modern.get("enable_checkpointing", enable_checkpointing)
+        enable_progress_bar = modern.get("enable_progress_bar", enable_progress_bar)
+        enable_model_summary = modern.get("enable_model_summary", enable_model_summary)
+
+        # ---- where the run happens
+        self._accelerator = resolve_accelerator(accelerator)
+        self._device_ids = parse_devices(devices, self._accelerator)
+        self.num_nodes = targs.check_int("num_nodes", num_nodes, 1)
+        self.precision = normalize_precision(precision)
+        if strategy == "auto" and len(self._device_ids) * self.num_nodes > 1:
+            strategy = "ddp"
+        self.strategy: Strategy = get_strategy(strategy)
+        self.strategy.configure(self._accelerator, self._device_ids, self.num_nodes, self.precision)
+
+        # ---- how long and how often
+        fast_dev_run = self._check_fast_dev_run(fast_dev_run)
+        self.fast_dev_run = fast_dev_run
+        self.max_epochs = targs.check_int("max_epochs", max_epochs, -1, allow_none=True)
+        self.min_epochs = targs.check_int("min_epochs", min_epochs, 0, allow_none=True)
+        self.max_steps = targs.check_int("max_steps", max_steps, -1)
+        self.min_steps = targs.check_int("min_steps", min_steps, 0, allow_none=True)
+        if self.max_epochs is None:
+            self.max_epochs = 1000 if self.max_steps == -1 else -1
+        self.limit_train_batches = check_limit(limit_train_batches, "limit_train_batches")
+        self.limit_val_batches = check_limit(limit_val_batches, "limit_val_batches")
+        self.limit_test_batches = check_limit(limit_test_batches, "limit_test_batches")
+        self.limit_predict_batches = check_limit(limit_predict_batches, "limit_predict_batches")
+        self.overfit_batches = check_limit(overfit_batches, "overfit_batches")
+        self.val_check_interval = check_limit(val_check_interval, "val_check_interval")
+        if self.val_check_interval == 0:
+            raise MisconfigurationError("val_check_interval must be > 0 (to turn validation off use limit_val_batches=0)")
+        self.check_val_every_n_epoch = targs.check_int("check_val_every_n_epoch", check_val_every_n_epoch, 1, allow_none=True)
+        self.num_sanity_val_steps = targs.check_int("num_sanity_val_steps", num_sanity_val_steps, -1)
+        self.log_every_n_steps = targs.check_int("log_every_n_steps", log_every_n_steps, 1)
+        self.accumulate_grad_batches = targs.check_int("accumulate_grad_batches", accumulate_grad_batches, 1)
+        self.reload_dataloaders_every_n_epochs = targs.check_int(
+            "reload_dataloaders_every_n_epochs", reload_dataloaders_every_n_epochs, 0)
+        if gradient_clip_val is not None and (isinstance(gradient_clip_val, bool)
+                                              or not isinstance(gradient_clip_val, (int, float)) or gradient_clip_val < 0):
+            raise MisconfigurationError(f"gradient_clip_val must be a number >= 0 or None, got {gradient_clip_val!r}")
+        self.gradient_clip_val = gradient_clip_val or None
+        self.gradient_clip_algorithm = targs.check_choice("gradient_clip_algorithm", gradient_clip_algorithm, ("norm", "value"))
+        if fast_dev_run:
+            n = fast_dev_run
+            self.max_epochs, self.max_steps, self.num_sanity_val_steps = 1, n, 0
+            self.limit_train_batches = self.limit_val_batches = n
+            self.limit_test_batches = self.limit_predict_batches = n
+            self.val_check_interval = 1.0
+            self.check_val_every_n_epoch = 1
+            logger, enable_checkpointing = False, False
+        if self.overfit_batches > 0:
+            self.limit_train_batches = self.limit_val_batches = self.overfit_batches
+
+        # ---- switches
+        for name, value in (("enable_checkpointing", enable_checkpointing), ("enable_progress_bar", enable_progress_bar),
+                            ("enable_model_summary", enable_model_summary), ("use_distributed_sampler", use_distributed_sampler),
+                            ("detect_anomaly", detect_anomaly), ("inference_mode", inference_mode)):
+            targs.check_bool(name, value)
+        self.use_distributed_sampler = use_distributed_sampler
+        self.detect_anomaly = detect_anomaly
+        self.inference_mode = inference_mode
+        self.deterministic = deterministic
+        targs.check_choice("deterministic", deterministic, (None, True, False, "warn"))
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=deterministic == "warn")
+            torch.backends.cudnn.deterministic = True
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        if benchmark is not None:
+            torch.backends.cudnn.benchmark = targs.check_bool("benchmark", benchmark)
+        if default_root_dir is not None and not isinstance(default_root_dir, (str, os.PathLike)):
+            raise MisconfigurationError(f"default_root_dir must be a path, got {default_root_dir!r}")
+        self.default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
+
+        # ---- loggers and callbacks
+        self.loggers = self._build_loggers(logger)
+        self.callbacks = self._build_callbacks(callbacks, enable_checkpointing, enable_progress_bar, enable_model_summary)
+
+        # ---- run state
+        self.state = TrainerState()
+        self.module: Optional[Module] = None
+        self.datamodule: Optional[DataModule] = None
+        self.optimizers: list = []
+        self.lr_scheduler_configs: list[SchedulerConfig] = []
+        self._optimizer_handles: list[OptimizerHandle] = []
+        self._results: Optional[Results] = None
+        self.callback_metrics: dict[str, torch.Tensor] = {}
+        self.logged_metrics: dict[str, torch.Tensor] = {}
+        self.progress_bar_metrics: dict[str, torch.Tensor] = {}
+        self.train_dataloader = None
+        self.val_dataloaders: list = []
+        self.test_dataloaders: list = []
+        self.predict_dataloaders: list = []
+        self.num_training_batches: Union[int, float] = 0
+        self.num_val_batches: list = []
+        self.num_test_batches: list = []
+        self.num_predict_batches: list = []
+        self.num_sanity_val_batches: list = []
+        self._epoch_finished = False
+        self._grads_pending = False
+        self._ckpt_path: Optional[str] = None
+        self._hooks: dict[str, list] = {}
+        self._nonfinite_step: Optional[torch.Tensor] = None
+
+    # ================================================================== construction helpers
+    @staticmethod
+    def _check_fast_dev_run(value) -> int:
+        if value is True:
+            return 1
+        if value is False:
+            return 0
+        if isinstance(value, int) and value >= 0:
+            return value
+        raise MisconfigurationError(f"fast_dev_run must be True, False or an int >= 0, got {value!r}")
+
+    def _build_loggers(self, logger) -> list:
+        from .loggers import CSVLogger, Logger, TensorBoardLogger
+
+        if logger is True or logger is None:
+            try:
+                import tensorboard  # noqa: F401  (only checks it is installed)
+
+                return [TensorBoardLogger(self.default_root_dir)]
+            except ImportError:
+                return [CSVLogger(self.default_root_dir)]
+        if logger is False:
+            return []
+        items = list(logger) if isinstance(logger, (list, tuple)) else [logger]
+        for item in items:
+            if not isinstance(item, Logger):
+                raise MisconfigurationError(f"logger must be True, False, a surge Logger or a list of them, got {type(item).__name__}")
+        return items
+
+    def _build_callbacks(self, callbacks, checkpointing, progress_bar, model_summary) -> list:
+        from .callbacks import ModelCheckpoint, ModelSummary, ProgressBar, TQDMProgressBar
+
+        if callbacks is None:
+            callbacks = []
+        items = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        for cb in items:
+            if not isinstance(cb, Callback):
+                raise MisconfigurationError(f"callbacks must be surge Callback instances, got {type(cb).__name__}")
+        if checkpointing and not any(isinstance(cb, ModelCheckpoint) for cb in items):
+            items.append(ModelCheckpoint(save_last=True))
+        if not checkpointing and any(isinstance(cb, ModelCheckpoint) for cb in items):
+            raise MisconfigurationError("enable_checkpointing=False but a ModelCheckpoint was passed in callbacks")
+        if progress_bar and not any(isinstance(cb, ProgressBar) for cb in items):
+            items.append(TQDMProgressBar())
+        if not progress_bar:
+            items = [cb for cb in items if not isinstance(cb, ProgressBar)]
+        if model_summary and not any(isinstance(cb, ModelSummary) for cb in items):
+            items.append(ModelSummary())
+        # Checkpointing runs last, so it sees what every other callback did to the state.
+        return [cb for cb in items if not isinstance(cb, ModelCheckpoint)] + \
+               [cb for cb in items if isinstance(cb, ModelCheckpoint)]
+
+    # ================================================================== public properties
+    @property
+    def current_epoch(self) -> int:
+        return self.state.epoch
+
+    @property
+    def global_step(self) -> int:
+        return self.state.global_step
+
+    @property
+    def should_stop(self) -> bool:
+        return self.state.should_stop
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        self.state.should_stop = bool(value)
+
+    @property
+    def world_size(self) -> int:
+        return self.strategy.world_size
+
+    @property
+    def global_rank(self) -> int:
+        return self.strategy.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        return self.strategy.local_rank
+
+    @property
+    def node_rank(self) -> int:
+        return self.strategy.node_rank
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.strategy.is_global_zero
+
+    @property
+    def num_devices(self) -> int:
+        return len(self._device_ids)
+
+    @property
+    def lightning_module(self) -> Optional[Module]:
+        return self.module
+
+    @property
+    def logger(self):
+        return self.loggers[0] if self.loggers else None
+
+    @property
+    def log_dir(self) -> str:
+        """The first logger's version folder, else ``default_root_dir``."""
+        if self.loggers and self.loggers[0].log_dir:
+            return self.loggers[0].log_dir
+        return self.default_root_dir
+
+    @property
+    def sanity_checking(self) -> bool:
+        return self.state.stage == "sanity_check"
+
+    @property
+    def training(self) -> bool:
+        return self.state.stage == "fit" and self.module is not None and self.module.training
+
+    @property
+    def validating(self) -> bool:
+        return self._results is not None and self._results.stage == "validate"
+
+    @property
+    def testing(self) -> bool:
+        return self.state.stage == "test"
+
+    @property
+    def predicting(self) -> bool:
+        return self.state.stage == "predict"
+
+    @property
+    def checkpoint_callbacks(self) -> list:
+        from .callbacks import ModelCheckpoint
+
+        return [cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)]
+
+    @property
+    def checkpoint_callback(self):
+        cbs = self.checkpoint_callbacks
+        return cbs[0] if cbs else None
+
+    @property
+    def early_stopping_callback(self):
+        from .callbacks import EarlyStopping
+
+        return next((cb for cb in self.callbacks if isinstance(cb, EarlyStopping)), None)
+
+    @property
+    def progress_bar_callback(self):
+        from .callbacks import ProgressBar
+
+        return next((cb for cb in self.callbacks if isinstance(cb, ProgressBar)), None)
+
+    @property
+    def ckpt_path(self) -> Optional[str]:
+        """The checkpoint the current run loaded, if any."""
+        return self._ckpt_path
+
+    @property
+    def estimated_stepping_batches(self) -> Union[int, float]:
+        """Optimizer steps fit will take (for schedulers such as OneCycleLR); ``inf`` if unbounded."""
+        if self.max_steps != -1:
+            return self.max_steps
+        if self.max_epochs == -1 or not isinstance(self.num_training_batches, int):
+            return math.inf
+        per_epoch = math.ceil(self.num_training_batches / self.accumulate_grad_batches)
+        return per_epoch * self.max_epochs
+
+    # ================================================================== entry points
+    def fit(self, model: Module, train_dataloaders=None, val_dataloaders=None, datamodule: Optional[DataModule] = None,
+            ckpt_path: Optional[str] = None) -> None:
+        """Train ``model``; validate during training when it has ``validation_step`` and val data.
+
+        ``ckpt_path`` resumes: "last" (the newest checkpoint of this run's folders; starts fresh with a
+        warning if there is none), "best", or a file path.
+        """
+        if isinstance(train_dataloaders, DataModule):
+            datamodule, train_dataloaders = train_dataloaders, None
+        self._attach("fit", model, datamodule, train=train_dataloaders, val=val_dataloaders)
+        if ckpt_path is None and self._resume_from is not None:
+            ckpt_path = self._resume_from
+        return self.strategy.launch(self._run, "fit", ckpt_path)
+
+    def validate(self, model: Optional[Module] = None, dataloaders=None, ckpt_path: Optional[str] = None,
+                 verbose: bool = True, datamodule: Optional[DataModule] = None) -> list[dict]:
+        """Run one validation epoch; return the epoch metrics, one dict per dataloader."""
+        return self._evaluate_entry("validate", model, dataloaders, ckpt_path, verbose, datamodule)
+
+    def test(self, model: Optional[Module] = None, dataloaders=None, ckpt_path: Optional[str] = None,
+             verbose: bool = True, datamodule: Optional[DataModule] = None) -> list[dict]:
+        """Run one test epoch; return the epoch metrics, one dict per dataloader."""
+        return self._evaluate_entry("test", model, dataloaders, ckpt_path, verbose, datamodule)
+
+    def predict(self, model: Optional[Module] = None, dataloaders=None, datamodule: Optional[DataModule] = None,
+                return_predictions: bool = True, ckpt_path: Optional[str] = None):
+        """Run ``predict_step`` over the data; return the outputs in order (a list per dataloader
+        when there are several)."""
+        if isinstance(dataloaders, DataModule):
+            datamodule, dataloaders = dataloaders, None
+        self._attach("predict", model or self.module, datamodule, predict=dataloaders)
+        self._verbose, self._return_predictions = False, return_predictions
+        return self.strategy.launch(self._run, "predict", ckpt_path)
+
+    def _evaluate_entry(self, stage, model, dataloaders, ckpt_path, verbose, datamodule):
+        if isinstance(dataloaders, DataModule):
+            datamodule, dataloaders = dataloaders, None
+        model = model or self.module
+        if model is None:
+            raise MisconfigurationError(f"trainer.{stage}() needs a model: pass one, or call fit() first")
+        if dataloaders is None and datamodule is None:
+            datamodule = self.datamodule  # after fit(datamodule=...), test() uses the same data
+        self._attach(stage, model, datamodule, **{"val" if stage == "validate" else "test": dataloaders})
+        self._verbose = verbose
+        return self.strategy.launch(self._run, stage, ckpt_path)
+
+    # ================================================================== run set-up shared by all stages
+    def _attach(self, stage: str, model, datamodule, train=None, val=None, test=None, predict=None) -> None:
+        if not isinstance(model, Module):
+            raise MisconfigurationError(
+                f"trainer.{stage}() expects a surge.Module as its model, got {type(model).__name__}"
+                + (" (a plain torch.nn.Module: subclass surge.Module and add training_step/configure_optimizers)"
+                   if isinstance(model, torch.nn.Module) else "")
+            )
+        if datamodule is not None and not isinstance(datamodule, DataModule):
+            raise MisconfigurationError(f"datamodule must be a surge.DataModule, got {type(datamodule).__name__}")
+        given = [x for x in (train, val, test, predict) if x is not None]
+        if datamodule is not None and given:
+            raise MisconfigurationError(f"trainer.{stage}(): pass dataloaders or a datamodule, not both")
+        if stage == "fit":
+            _require_hook(model, "training_step")
+            _require_hook(model, "configure_optimizers")
+        if stage in ("validate", "test") and not _has_step(model, f"{_STAGE_PREFIX[stage]}_step"):
+            raise MisconfigurationError(f"trainer.{stage}() needs {type(model).__name__}.{_STAGE_PREFIX[stage]}_step, which is not defined")
+        self.module = model
+        model.trainer = self
+        self.datamodule = datamodule
+        if datamodule is not None:
+            datamodule.trainer = self
+        self._given_loaders = {"train": train, "val": val, "test": test, "predict": predict}
+        self.state.stage = stage
+
+    def _run(self, stage: str, ckpt_path: Optional[str]):
+        """Everything a stage does, in the process (or each process) that runs it."""
+        strategy, module = self.strategy, self.module
+        strategy.setup_environment()
+        self._hooks.clear()
+        self._results = Results(stage, strategy)
+        try:
+            self._prepare_data()
+            self._call_setup(stage)
+            module.configure_model()
+            strategy.setup_module(module)
+            if stage == "fit":
+                self._configure_optimizers()
+            self._load_for_stage(stage, ckpt_path)
+            if stage == "fit":
+                result = self._fit_loop()
+            elif stage == "predict":
+                result = self._predict_loop()
+            else:
+                result = self._evaluate_stage(stage)
+            self._call_teardown(stage)
+            status = "success"
+            return result
+        except BaseException as err:
+            status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            for cb in self.callbacks:
+                cb.on_exception(self, module, err)
+            raise
+        finally:
+            if stage == "fit" and self.is_global_zero:
+                for lg in self.loggers:
+                    lg.finalize(status)
+            self._results = None
+            self.state.stage = None
+            strategy.teardown()
+
+    def _prepare_data(self) -> None:
+        dm = self.datamodule
+        if dm is None:
+            return
+        # prepare_data downloads; it runs in one process per machine (or overall) while the others wait.
+        per_node = getattr(dm, "prepare_data_per_node", True)
+        if (self.local_rank == 0) if per_node else self.is_global_zero:
+            dm.prepare_data()
+        self.strategy.barrier("prepare_data")
+
+    def _call_setup(self, stage: str) -> None:
+        stage_name = "validate" if stage == "sanity_check" else stage
+        for cb in self.callbacks:
+            cb.setup(self, self.module, stage_name)
+        if self.datamodule is not None:
+            self.datamodule.setup(stage_name)
+        self._results = Results("setup", self.strategy)
+        self._results.hook = "setup"
+        self.module.setup(stage_name)
+
+    def _call_teardown(self, stage: str) -> None:
+        if self.datamodule is not None:
+            self.datamodule.teardown(stage)
+        for cb in self.callbacks:
+            cb.teardown(self, self.module, stage)
+        self.module.teardown(stage)
+
+    def _configure_optimizers(self) -> None:
+        self._results.hook = "configure_optimizers"
+        returned = self.module.configure_optimizers()
+        if returned is None:
+            if self.module.automatic_optimization:
+                raise SurgeError(f"{type(self.module).__name__}.configure_optimizers returned None; return an optimizer "
+                                 f"(or set automatic_optimization = False and step nothing)")
+            self.optimizers, self.lr_scheduler_configs = [], []
+        else:
+            self.optimizers, self.lr_scheduler_configs = parse_optimizers(returned)
+        self._optimizer_handles = [OptimizerHandle(o, self) for o in self.optimizers]
+        self._step_takes_opt_idx = len(self.optimizers) > 1 and self.module.automatic_optimization \
+            and "optimizer_idx" in inspect.signature(self.module.training_step).parameters
+        if len(self.optimizers) > 1 and self.module.automatic_optimization and not self._step_takes_opt_idx:
+            raise SurgeError(
+                f"configure_optimizers returned {len(self.optimizers)} optimizers under automatic optimisation, so "
+                f"training_step must take an `optimizer_idx` argument: training_step(self, batch, batch_idx, optimizer_idx)"
+            )
+
+    # ================================================================== hooks
+    def _call(self, name: str, *args) -> Any:
+        """Call hook ``name`` on every callback that defines it, then on the module."""
+        self._results.hook = name
+        fns = self._hooks.get(name)
+        if fns is None:  # which callbacks override this hook is fixed for the run: look it up once
+            base = getattr(Callback, name)
+            fns = self._hooks[name] = [getattr(cb, name) for cb in self.callbacks
+                                       if getattr(type(cb), name, base) is not base]
+        for fn in fns:
+            try:
+                fn(self, self.module, *args)
+            except Exception as err:
+                if hasattr(err, "add_note"):  # Python 3.11+: name the callback under the original traceback
+                    err.add_note(f"(raised by callback {type(fn.__self__).__name__}.{name})")
+                raise
+        fn = getattr(self.module, name, None)
+        return fn(*args) if fn is not None else None
+
+    # ================================================================== the fit loop
+    def _fit_loop(self) -> None:
+        self.train_dataloader = self._loader("train")
+        self.val_dataloaders = self._loaders("val") if _has_step(self.module, "validation_step") else []
+        self._log_hyperparams()
+        self._call("on_fit_start")
+        self._sanity_check()
+        self._results = Results("train", self.strategy)
+        self._call("on_train_start")
+        state = self.state
+        while not self._fit_done():
+            n = self.reload_dataloaders_every_n_epochs
+            if n and state.epoch > 0 and state.epoch % n == 0 and state.batch_idx == 0:
+                self.train_dataloader = self._loader("train")
+            self._train_epoch()
+            if self._epoch_finished:
+                state.epoch += 1
+                state.batch_idx = 0
+                self._epoch_finished = False
+        self._results = Results("train", self.strategy)
+        self._call("on_train_end")
+        self._call("on_fit_end")
+
+    def _fit_done(self) -> bool:
+        s = self.state
+        if self.max_epochs != -1 and s.epoch >= self.max_epochs:
+            return True
+        if self.max_steps != -1 and s.global_step >= self.max_steps:
+            return True
+        if s.should_stop:
+            min_epochs_ok = self.min_epochs is None or s.epoch >= self.min_epochs
+            min_steps_ok = self.min_steps is None or s.global_step >= self.min_steps
+            if min_epochs_ok and min_steps_ok:
+                return True
+            s.should_stop = False  # EarlyStopping asked too early: keep going until the minimum
+        return False
+
+    def _train_epoch(self) -> None:
+        """One pass over the training data, with validation where ``val_check_interval`` says."""
+        module, strategy, state = self.module, self.strategy, self.state
+        self._results = results = Results("train", strategy)
+        limit = self.num_training_batches
+        if hasattr(getattr(self.train_dataloader, "sampler", None), "set_epoch"):
+            self.train_dataloader.sampler.set_epoch(state.epoch)
+        module.train()
+        self._call("on_train_epoch_start")
+        skip = state.batch_idx  # a mid-epoch resume continues after the batches already used
+        batch_idx, exhausted = -1, True
+        for batch_idx, batch in enumerate(self.train_dataloader):
+            if batch_idx < skip:
+                continue
+            if limit is not None and batch_idx >= limit:
+                batch_idx -= 1
+                break
+            batch = self._to_device(batch, 0)
+            results.batch_size = batch_size_of(batch)
+            if self._call("on_train_batch_start", batch, batch_idx) == -1:
+                batch_idx -= 1
+                break
+            output = self._train_batch(batch, batch_idx, last=limit is not None and batch_idx + 1 == limit)
+            state.batch_idx = batch_idx + 1
+            state.batches_seen += 1
+            self._call("on_train_batch_end", output, batch, batch_idx)
+            self._log_step_metrics()
+            if self._val_due(batch_idx, limit, end_of_epoch=False):
+                self._validation_in_fit()
+            if state.should_stop or (self.max_steps != -1 and state.global_step >= self.max_steps):
+                exhausted = limit is not None and batch_idx + 1 >= limit
+                break
+        if batch_idx == -1 and skip == 0:
+            raise SurgeError(f"the training dataloader yielded no batch in epoch {state.epoch}")
+        if exhausted:
+            if self._grads_pending:  # an epoch ending inside an accumulation window still steps
+                self._optimizer_steps(batch_idx)
+            # From here on a checkpoint records "epoch done": a resume starts the next one.
+            self._epoch_finished = True
+            if self._val_due(batch_idx, limit, end_of_epoch=True):
+                self._validation_in_fit()
+        self._results = results
+        self._epoch_end("train")
+        if exhausted:
+            self._step_schedulers("epoch")
+
+    def _train_batch(self, batch, batch_idx: int, last: bool) -> Any:
+        """Forward, backward and (at the end of an accumulation window) the optimizer step for one batch."""
+        module, strategy = self.module, self.strategy
+        if not module.automatic_optimization:
+            output = strategy.step("training", batch, batch_idx)
+            _check_step_output(output, manual=True)
+            return output
+        boundary = last or (batch_idx + 1) % self.accumulate_grad_batches == 0
+        outputs = []
+        for opt_idx, optimizer in enumerate(self.optimizers):
+            extra = (opt_idx,) if self._step_takes_opt_idx else ()
+            if self._step_takes_opt_idx:
+                module.toggle_optimizer(optimizer)
+            # Gradients are synchronised across processes only on the last micro-batch of a window.
+            with strategy.no_backward_sync(not boundary):
+                self._results.hook = "training_step"
+                output = strategy.step("training", batch, batch_idx, *extra)
+                loss = _check_step_output(output, manual=False)
+                if loss is not None:
+                    self._check_finite(loss, batch_idx)
+                    self._call("on_before_backward", loss)
+                    self._backward(loss / self.accumulate_grad_batches if self.accumulate_grad_batches > 1 else loss)
+                    self._call("on_after_backward")
+                    self._grads_pending = True
+            if self._step_takes_opt_idx:
+                module.untoggle_optimizer(optimizer)
+            outputs.append(output)
+            if not self._step_takes_opt_idx:
+                break
+        if boundary and self._grads_pending:
+            self._optimizer_steps(batch_idx)
+        out = outputs[0] if len(outputs) == 1 else outputs
+        return {"loss": out.detach()} if isinstance(out, torch.Tensor) else out
+
+    def _optimizer_steps(self, batch_idx: int) -> None:
+        """Clip, step and zero every optimizer, then step the per-step schedulers."""
+        for optimizer in self.optimizers:
+            self._before_optimizer_step(optimizer)
+            self.strategy.optimizer_step(optimizer)
+            self._call("on_before_zero_grad", optimizer)
+            self.module.optimizer_zero_grad(self.state.epoch, batch_idx, optimizer)
+        self._grads_pending = False
+        self.state.global_step += 1
+        self._step_schedulers("step")
+
+    def _before_optimizer_step(self, optimizer) -> None:
+        self._call("on_before_optimizer_step", optimizer)
+        if self.gradient_clip_val:
+            self._clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
+
+    def _clip_gradients(self, optimizer, value, algorithm) -> None:
+        if value:
+            self.strategy.clip_gradients(getattr(optimizer, "optimizer", optimizer), value, algorithm)
+
+    def _backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        if self.detect_anomaly:
+            with torch.autograd.detect_anomaly():
+                self.strategy.backward(loss, *args, **kwargs)
+        else:
+            self.strategy.backward(loss, *args, **kwargs)
+
+    def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        # On the CPU reading the loss costs nothing; on a GPU it would stall the pipeline every step,
+        # so there the first bad step is recorded on the device and read when metrics are written.
+        if loss.device.type == "cpu":
+            if not torch.isfinite(loss):
+                raise SurgeError(f"the loss is {loss.item()} at global step {self.state.global_step} "
+                                 f"(epoch {self.state.epoch}, batch {batch_idx})")
+            return
+        bad = ~torch.isfinite(loss.detach())
+        step = torch.tensor(self.state.global_step, device=loss.device)
+        if self._nonfinite_step is None:
+            self._nonfinite_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        self._nonfinite_step = torch.where(bad & (self._nonfinite_step < 0), step, self._nonfinite_step)
+
+    def _raise_if_nonfinite(self) -> None:
+        if self._nonfinite_step is not None:
+            step = int(self._nonfinite_step)
+            if step >= 0:
+                raise SurgeError(f"the loss became non-finite (NaN or inf) at global step {step} (epoch {self.state.epoch})")
+
+    def _step_schedulers(self, interval: str) -> None:
+        if not self.module.automatic_optimization:
+            return
+        for config in self.lr_scheduler_configs:
+            if config.interval != interval:
+                continue
+            count = self.state.global_step if interval == "step" else self.state.epoch + 1
+            if count % config.frequency:
+                continue
+            metric = None
+            if config.monitor is not None:
+                metric = self.callback_metrics.get(config.monitor)
+                if metric is None:
+                    if config.strict:
+                        raise SurgeError(
+                            f"the LR scheduler monitors {config.monitor!r} but no such metric was logged; logged: "
+                            f"{sorted(self.callback_metrics)}"
+                        )
+                    rank_zero_warn(f"the LR scheduler monitors {config.monitor!r}, which was not logged; not stepping it")
+                    continue
+            self._results.hook = "lr_scheduler_step"
+            self.module.lr_scheduler_step(config.scheduler, metric)
+
+    def _val_due(self, batch_idx: int, limit, end_of_epoch: bool) -> bool:
+        if not self.val_dataloaders or not any(n != 0 for n in self.num_val_batches):
+            return False
+        every_n = self.check_val_every_n_epoch
+        if every_n is not None and (self.state.epoch + 1) % every_n:
+            return False
+        interval = self.val_check_interval
+        if isinstance(interval, float):
+            if end_of_epoch:
+                return interval == 1.0 or (limit is None)
+            if interval == 1.0 or limit is None:
+                return False
+            every = max(1, int(limit * interval))
+            return (batch_idx + 1) % every == 0 and batch_idx + 1 != limit
+        if end_of_epoch:
+            return False
+        count = self.state.batches_seen if every_n is None else batch_idx + 1
+        return count % interval == 0
+
+    def _validation_in_fit(self) -> None:
+        train_results = self._results
+        self._run_eval("validate", self.val_dataloaders, self.num_val_batches)
+        self._results = train_results
+        self.module.train()
+
+    def _sanity_check(self) -> None:
+        n = self.num_sanity_val_steps
+        if n == 0 or not self.val_dataloaders or self._ckpt_path is not None:
+            return
+        limits = [nb if n == -1 else (n if nb is None else min(n, nb)) for nb in self.num_val_batches]
+        self.num_sanity_val_batches = limits
+        stage = self.state.stage
+        self.state.stage = "sanity_check"
+        self._results = Results("validate", self.strategy)
+        self._call("on_sanity_check_start")
+        self._run_eval("validate", self.val_dataloaders, limits, sanity=True)
+        self._results = Results("validate", self.strategy)
+        self._call("on_sanity_check_end")
+        self.state.stage = stage
+        self.callback_metrics.clear()
+        self.logged_metrics.clear()
+        self.progress_bar_metrics.clear()
+
+    # ================================================================== evaluation and prediction
+    def _evaluate_stage(self, stage: str) -> list[dict]:
+        key = "val" if stage == "validate" else "test"
+        loaders = self._loaders(key)
+        counts = self.num_val_batches if stage == "validate" else self.num_test_batches
+        if stage == "validate":
+            self.val_dataloaders = loaders
+        else:
+            self.test_dataloaders = loaders
+        per_loader = self._run_eval(stage, loaders, counts)
+        if self._verbose and self.is_global_zero:
+            _print_results(stage, per_loader)
+        return per_loader
+
+    def _run_eval(self, stage: str, loaders: list, limits: list, sanity: bool = False) -> list[dict]:
+        """One epoch of validation or test over every loader; returns the epoch metrics per loader."""
+        module, prefix = self.module, _STAGE_PREFIX[stage]
+        step_name = f"{prefix}_step"
+        self._results = results = Results(stage, self.strategy)
+        was_training = module.training
+        module.eval()
+        grad_ctx = torch.inference_mode if self.inference_mode else torch.no_grad
+        per_loader_keys = []
+        with grad_ctx():
+            self._call(f"on_{prefix}_start")
+            self._call(f"on_{prefix}_epoch_start")
+            many = len(loaders) > 1
+            for dl_idx, loader in enumerate(loaders):
+                results.dataloader_idx = dl_idx if many else None
+                before = set(results.metrics)
+                extra = (dl_idx,) if many else ()
+                limit = limits[dl_idx]
+                for batch_idx, batch in enumerate(loader):
+                    if limit is not None and batch_idx >= limit:
+                        break
+                    batch = self._to_device(batch, dl_idx)
+                    results.batch_size = batch_size_of(batch)
+                    self._call(f"on_{prefix}_batch_start", batch, batch_idx, *extra)
+                    results.hook = step_name
+                    output = self.strategy.step(prefix, batch, batch_idx, *extra)
+                    self._call(f"on_{prefix}_batch_end", output, batch, batch_idx, *extra)
+                per_loader_keys.append(set(results.metrics) - before)
+            results.dataloader_idx = None
+            self._call(f"on_{prefix}_epoch_end")
+            epoch = self._epoch_end(stage, log=not sanity)
+            self._call(f"on_{prefix}_end")
+        module.train(was_training)
+        if len(loaders) <= 1:
+            return [{k: float(v) for k, v in epoch.items()}]
+        shared = set(epoch) - set().union(*per_loader_keys)
+        return [{k: float(v) for k, v in epoch.items() if k in keys or k in shared} for keys in per_loader_keys]
+
+    def _predict_loop(self):
+        loaders = self._loaders("predict")
+        self.predict_dataloaders = loaders
+        module = self.module
+        self._results = Results("predict", self.strategy)
+        module.eval()
+        all_outputs = []
+        with torch.inference_mode() if self.inference_mode else torch.no_grad():
+            self._call("on_predict_start")
+            self._call("on_predict_epoch_start")
+            many = len(loaders) > 1
+            for dl_idx, loader in enumerate(loaders):
+                outputs = []
+                extra = (dl_idx,) if many else ()
+                limit = self.num_predict_batches[dl_idx]
+                for batch_idx, batch in enumerate(loader):
+                    if limit is not None and batch_idx >= limit:
+                        break
+                    batch = self._to_device(batch, dl_idx)
+                    self._call("on_predict_batch_start", batch, batch_idx, *extra)
+                    self._results.hook = "predict_step"
+                    out = self.strategy.step("predict", batch, batch_idx, *extra)
+                    self._call("on_predict_batch_end", out, batch, batch_idx, *extra)
+                    if self._return_predictions:
+                        outputs.append(out)
+                all_outputs.append(outputs)
+            self._call("on_predict_epoch_end")
+            self._call("on_predict_end")
+        if not self._return_predictions:
+            return None
+        return all_outputs[0] if len(all_outputs) == 1 else all_outputs
+
+    # ================================================================== metrics
+    def _log_step_metrics(self) -> None:
+        """Keep per-step values for the progress bar and callbacks; write them out every n steps."""
+        results = self._results
+        for m in results.metrics.values():
+            if m.fresh and m.on_step:
+                key = f"{m.name}_step" if m.on_epoch else m.name
+                self.callback_metrics[key] = m.step_value
+                if not m.on_epoch or m.name not in self.callback_metrics:
+                    self.callback_metrics[m.name] = m.step_value
+                if m.prog_bar:
+                    self.progress_bar_metrics[key] = m.step_value
+        if self.state.batches_seen % self.log_every_n_steps == 0 or self.state.should_stop:
+            self._raise_if_nonfinite()
+            metrics = results.step_metrics(for_logger=True)
+            if metrics:
+                self._write_metrics(metrics)
+            results.mark_step_written()
+
+    def _epoch_end(self, stage: str, log: bool = True) -> dict[str, torch.Tensor]:
+        """Reduce the epoch metrics into ``callback_metrics`` and the loggers.
+
+        For the training epoch this also runs the ``on_train_epoch_end`` hooks, in the order that lets
+        ModelCheckpoint and EarlyStopping see what the module logged in its own epoch-end hook.
+        (Validation and test run their epoch-end hooks in ``_run_eval``, before this.)
+        """
+        if stage == "train":
+            self._results.hook = "on_train_epoch_end"
+            for cb in self.callbacks:
+                if not cb.reads_epoch_metrics:
+                    cb.on_train_epoch_end(self, self.module)
+            self.module.on_train_epoch_end()
+        epoch_values, to_log = {}, {}
+        for key, (value, m) in self._results.epoch_metrics().items():
+            out_key = f"{key}_epoch" if m.on_step else key
+            epoch_values[out_key] = value
+            self.callback_metrics[out_key] = value
+            self.callback_metrics[key] = value
+            if m.prog_bar:
+                self.progress_bar_metrics[out_key] = value
+            if m.logger:
+                to_log[out_key] = value
+        if log and to_log:
+            self._write_metrics(to_log)
+        if stage == "train":
+            for cb in self.callbacks:
+                if cb.reads_epoch_metrics:
+                    cb.on_train_epoch_end(self, self.module)
+        return epoch_values
+
+    def _write_metrics(self, metrics: dict) -> None:
+        """Hand metrics to the loggers (rank 0 only): the one place values leave the device."""
+        values = {k: float(v) for k, v in metrics.items()}
+        self.logged_metrics.update(metrics)
+        if not self.is_global_zero or not self.loggers:
+            return
+        values["epoch"] = self.state.epoch
+        for lg in self.loggers:
+            lg.log_metrics(values, step=self.state.global_step)
+
+    def _log_hyperparams(self) -> None:
+        if not self.is_global_zero or not self.loggers:
+            return
+        params, skipped = self.module._plain_hparams()
+        if self.datamodule is not None:
+            dm_params, dm_skipped = self.datamodule._plain_hparams()
+            params.update(dm_params)
+        if params:
+            for lg in self.loggers:
+                lg.log_hyperparams(params)
+
+    # ================================================================== data
+    def _loader(self, kind: str):
+        """The training dataloader for this process, with its batch count set."""
+        loaders = self._loaders(kind)
+        if len(loaders) != 1:
+            raise MisconfigurationError(f"fit() takes one training dataloader, got {len(loaders)}")
+        return loaders[0]
+
+    def _loaders(self, kind: str) -> list:
+        given = self._given_loaders.get(kind)
+        source = f"the {kind}_dataloaders argument"
+        if given is None:
+            holder = self.datamodule if self.datamodule is not None else self.module
+            base = DataModule if holder is self.datamodule else None
+            fn_name = f"{kind}_dataloader"
+            fn = getattr(holder, fn_name, None)
+            if fn is None or (base is not None and not _overrides(holder, fn_name, base)):
+                if kind == "train":
+                    raise MisconfigurationError(
+                        "fit() has no training data: pass train_dataloaders, a datamodule with train_dataloader(), "
+                        "or define train_dataloader() on the module"
+                    )
+                if kind in ("test", "predict"):
+                    raise MisconfigurationError(f"trainer.{'test' if kind == 'test' else 'predict'}() has no data: pass "
+                                                f"dataloaders or a datamodule with {fn_name}()")
+                self._set_counts(kind, [])
+                return []
+            self._results.hook = fn_name
+            given = fn()
+            source = f"{type(holder).__name__}.{fn_name}()"
+        loaders = list(given.values()) if isinstance(given, dict) else \
+            list(given) if isinstance(given, (list, tuple)) else [given]
+        for loader in loaders:
+            if not isinstance(loader, Iterable):
+                raise MisconfigurationError(f"{source} gave a {type(loader).__name__}, which is not iterable; expected a DataLoader")
+        if kind == "train" and self.overfit_batches > 0:
+            loaders = [rebuild_dataloader(ld, shuffle=False) if isinstance(ld, torch.utils.data.DataLoader) else ld
+                       for ld in loaders]
+        loaders = [self.strategy.process_dataloader(ld, kind) for ld in loaders]
+        self._set_counts(kind, loaders)
+        if kind == "train":
+            self.num_training_batches = self._count(loaders[0], "train")
+            if self.num_training_batches == 0:
+                raise SurgeError("the training dataloader has no batches (len() == 0 or limit_train_batches=0)")
+        return loaders
+
+    def _set_counts(self, kind: str, loaders: list) -> None:
+        counts = [self._count(ld, kind) for ld in loaders]
+        if kind == "val":
+            self.num_val_batches = counts
+        elif kind == "test":
+            self.num_test_batches = counts
+        elif kind == "predict":
+            self.num_predict_batches = counts
+
+    def _count(self, loader, kind: str):
+        limit_name = {"train": "limit_train_batches", "val": "limit_val_batches", "test": "limit_test_batches",
+                      "predict": "limit_predict_batches"}[kind]
+        return num_batches(loader, getattr(self, limit_name), limit_name)
+
+    def _to_device(self, batch, dataloader_idx: int):
+        module = self.module
+        dm = self.datamodule
+        if dm is not None:
+            batch = dm.on_before_batch_transfer(batch, dataloader_idx)
+        batch = module.on_before_batch_transfer(batch, dataloader_idx)
+        batch = self.strategy.batch_to_device(batch, module, dataloader_idx)
+        if dm is not None:
+            batch = dm.on_after_batch_transfer(batch, dataloader_idx)
+        return module.on_after_batch_transfer(batch, dataloader_idx)
+
+    # ================================================================== checkpoints
+    def save_checkpoint(self, filepath: str, weights_only: bool = False) -> None:
+        """Write a checkpoint of the run to ``filepath`` atomically (rank 0 writes; all ranks wait)."""
+        checkpoint = self._checkpoint_dict(weights_only)
+        if self.is_global_zero:
+            save_checkpoint(checkpoint, filepath)
+        self.strategy.barrier("save_checkpoint")
+
+    def _checkpoint_dict(self, weights_only: bool = False) -> dict:
+        from . import __version__
+        from .checkpoint import FORMAT_KEY, FORMAT_VERSION
+        from .seed import capture_rng_state
+
+        module = self.module
+        state = self.state.state_dict()
+        if self._epoch_finished:
+            # Saved after the epoch's last batch: a resume starts the next epoch.
+            state.update(epoch=self.state.epoch + 1, batch_idx=0)
+        hparams, skipped = module._plain_hparams()
+        if skipped:
+            rank_zero_warn(f"hyperparameters {skipped} are not plain data and are not saved in the checkpoint; "
+                           f"pass them to load_from_checkpoint(...) yourself")
+        ckpt = {
+            FORMAT_KEY: FORMAT_VERSION,
+            "surge_version": __version__,
+            "torch_version": torch.__version__,
+            "epoch": self.state.epoch,
+            "global_step": self.state.global_step,
+            "state_dict": self.strategy.module_state_dict(),
+            "hyper_parameters": hparams,
+        }
+        if not weights_only:
+            ckpt["trainer_state"] = state
+            ckpt["optimizer_states"] = [self.strategy.optimizer_state_dict(o) for o in self.optimizers]
+            ckpt["lr_schedulers"] = [c.scheduler.state_dict() for c in self.lr_scheduler_configs]
+            ckpt["precision"] = self.strategy.precision.state_dict()
+            ckpt["callbacks"] = {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_dict()}
+            ckpt["loggers"] = [lg.state_dict() for lg in self.loggers]
+            ckpt["rng"] = capture_rng_state()
+            if self.datamodule is not None:
+                ckpt["datamodule"] = self.datamodule.state_dict()
+                ckpt["datamodule_hyper_parameters"] = self.datamodule._plain_hparams()[0]
+        module.on_save_checkpoint(ckpt)
+        for cb in self.callbacks:
+            cb.on_save_checkpoint(self, module, ckpt)
+        return ckpt
+
+    def _resolve_ckpt_path(self, ckpt_path, stage: str) -> Optional[str]:
+        if ckpt_path is None:
+            return None
+        if ckpt_path == "best":
+            cb = self.checkpoint_callback
+            if cb is None or not cb.best_model_path:
+                raise MisconfigurationError(
+                    f'ckpt_path="best" but no best checkpoint exists yet'
+                    + ("" if cb is not None else " (checkpointing is disabled)")
+                    + "; run fit() with a ModelCheckpoint first, or pass a file path"
+                )
+            return cb.best_model_path
+        if ckpt_path == "last":
+            found = self._find_last_checkpoint()
+            if found is None:
+                if stage == "fit":
+                    rank_zero_warn('ckpt_path="last" found no checkpoint; starting from scratch')
+                    return None
+                raise MisconfigurationError(f'ckpt_path="last" found no checkpoint under {self.default_root_dir!r}')
+            return found
+        if not isinstance(ckpt_path, (str, os.PathLike)):
+            raise MisconfigurationError(f'ckpt_path must be "last", "best" or a file path, got {ckpt_path!r}')
+        return os.fspath(ckpt_path)
+
+    def _find_last_checkpoint(self) -> Optional[str]:
+        candidates = []
+        for cb in self.checkpoint_callbacks:
+            if cb.last_model_path and os.path.isfile(cb.last_model_path):
+                candidates.append(cb.last_model_path)
+            candidates.extend(cb.find_existing(self))
+        roots = {self.default_root_dir}
+        found = []
+        for root in roots:
+            for dirpath, _, files in os.walk(root):
+                if os.path.basename(dirpath) == "checkpoints":
+                    found.extend(os.path.join(dirpath, f) for f in files if f.endswith(".ckpt") and not f.startswith("."))
+        candidates.extend(found)
+        candidates = [c for c in candidates if os.path.isfile(c)]
+        if not candidates:
+            return None
+        return max(candidates, key=lambda p: (os.path.getmtime(p), os.path.basename(p).startswith("last")))
+
+    def _load_for_stage(self, stage: str, ckpt_path) -> None:
+        path = self._resolve_ckpt_path(ckpt_path, stage)
+        self._ckpt_path = path
+        if path is None:
+            return
+        ckpt = load_checkpoint(path, map_location=self.strategy.root_device)
+        module = self.module
+        module.on_load_checkpoint(ckpt)
+        load_module_state(self.strategy.module, ckpt["state_dict"], strict=True, path=path)
+        for cb in self.callbacks:
+            cb.on_load_checkpoint(self, module, ckpt)
+        if stage != "fit":
+            return
+        if "trainer_state" not in ckpt:
+            raise CheckpointError(f"checkpoint {path!r} holds weights only (saved with weights_only=True); it cannot resume fit")
+        opt_states = ckpt.get("optimizer_states", [])
+        if len(opt_states) != len(self.optimizers):
+            raise CheckpointError(f"checkpoint {path!r} has {len(opt_states)} optimizer states but configure_optimizers "
+                                  f"returned {len(self.optimizers)} optimizers")
+        for opt, st in zip(self.optimizers, opt_states):
+            opt.load_state_dict(st)
+        sched_states = ckpt.get("lr_schedulers", [])
+        if len(sched_states) != len(self.lr_scheduler_configs):
+            raise CheckpointError(f"checkpoint {path!r} has {len(sched_states)} LR scheduler states but "
+                                  f"configure_optimizers returned {len(self.lr_scheduler_configs)}")
+        for config, st in zip(self.lr_scheduler_configs, sched_states):
+            config.scheduler.load_state_dict(st)
+        self.strategy.precision.load_state_dict(ckpt.get("precision", {}))
+        self.state.load_state_dict(ckpt["trainer_state"])
+        self.state.stage = "fit"
+        self.state.should_stop = False
+        callback_states = ckpt.get("callbacks", {})
+        for cb in self.callbacks:
+            if cb.state_key in callback_states:
+                cb.load_state_dict(callback_states[cb.state_key])
+        for lg, st in zip(self.loggers, ckpt.get("loggers", [])):
+            lg.load_state_dict(st)
+        if self.datamodule is not None and "datamodule" in ckpt:
+            self.datamodule.load_state_dict(ckpt["datamodule"])
+        if "rng" in ckpt:
+            from .seed import restore_rng_state
+
+            restore_rng_state(ckpt["rng"])
+
+
+# ====================================================================== module checks
+def _has_step(module, name: str) -> bool:
+    return callable(getattr(module, name, None))
+
+
+def _require_hook(module, name: str) -> None:
+    fn = getattr(type(module), name, None)
+    if fn is None or fn is getattr(Module, name):
+        raise MisconfigurationError(f"{type(module).__name__} does not define {name}(); a surge.Module needs "
+                                    f"training_step() and configure_optimizers() to be trained")
+
+
+def _check_step_output(output, manual: bool):
+    """The loss in ``training_step``'s return value (``None``: skip this batch's backward)."""
+    if output is None:
+        return None
+    if isinstance(output, torch.Tensor):
+        if manual:
+            return None
+        if output.numel() != 1:
+            raise SurgeError(f"training_step returned a tensor of shape {tuple(output.shape)}; the loss must be a scalar")
+        if not output.requires_grad:
+            raise SurgeError("training_step returned a loss that does not require grad (computed under no_grad, or "
+                             "detached?); return the loss tensor from the forward pass")
+        return output
+    if isinstance(output, dict):
+        if manual:
+            return None
+        if "loss" not in output:
+            raise SurgeError(f"training_step returned a dict without a 'loss' key (keys: {sorted(output)})")
+        return _check_step_output(output["loss"], manual=False)
+    if manual:
+        return None
+    raise SurgeError(f"training_step must return a loss tensor, a dict with 'loss', or None; got {type(output).__name__}")
+
+
+def _print_results(stage: str, per_loader: list[dict]) -> None:
+    rows = [(f"{k}" + (f" (dataloader {i})" if len(per_loader) > 1 else ""), v)
+            for i, metrics in enumerate(per_loader) for k, v in sorted(metrics.items())]
+    if not rows:
+        return
+    width = max(len(r[0]) for r in rows)
+    title = f"{stage} metric"
+    width = max(width, len(title))
+    line = "-" * (width + 18)
+    print(line)
+    print(f"{title:<{width}}   value")
+    print(line)
+    for k, v in rows:
+        print(f"{k:<{width}}   {v:.6g}")
+    print(line, flush=True)
