@@ -467,6 +467,9 @@ class Trainer:
             module.configure_model()
             strategy.setup_module(module)
             if stage == "fit":
+                # Data first: schedulers may size themselves from estimated_stepping_batches.
+                self.train_dataloader = self._loader("train")
+                self.val_dataloaders = self._loaders("val") if _has_step(module, "validation_step") else []
                 self._configure_optimizers()
             self._load_for_stage(stage, ckpt_path)
             if stage == "fit":
@@ -558,8 +561,6 @@ class Trainer:
 
     # ================================================================== the fit loop
     def _fit_loop(self) -> None:
-        self.train_dataloader = self._loader("train")
-        self.val_dataloaders = self._loaders("val") if _has_step(self.module, "validation_step") else []
         self._log_hyperparams()
         self._call("on_fit_start")
         self._sanity_check()
@@ -1037,7 +1038,7 @@ class Trainer:
         ckpt = {
             FORMAT_KEY: FORMAT_VERSION,
             "surge_version": __version__,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
             "epoch": self.state.epoch,
             "global_step": self.state.global_step,
             "state_dict": self.strategy.module_state_dict(),

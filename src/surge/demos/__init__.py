@@ -1,0 +1,5 @@
+"""Small real models and data for the README, the command line, tests and bug reports.
+
+``surge.demos.boring``: a tiny linear model on random data, for tests.
+``surge.demos.digits``: a convolutional classifier on scikit-learn's handwritten digits (the main demo).
+"""
