@@ -330,3 +330,71 @@ def test_save_checkpoint_interrupt_leaves_no_new_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint({"state_dict": {}}, str(path))
     assert os.listdir(tmp_path) == []
+
+
+class Plateau(Reg):
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.5)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5, threshold=10.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
+
+
+def test_resume_restores_plateau_scheduler_like_uninterrupted_run(tmp_path):
+    # threshold=10: no epoch counts as an improvement, so the lr halves after every epoch
+    torch.manual_seed(0)
+    full = Plateau()
+    t_full, _ = fit(tmp_path / "full", full, max_epochs=4)
+    torch.manual_seed(0)
+    fit(tmp_path / "split", Plateau(), max_epochs=2)
+    resumed = Plateau()
+    t2 = trainer(tmp_path / "split", max_epochs=4, logger=CSVLogger(tmp_path / "split"))
+    t2.fit(resumed, loader(), loader(16, seed=1), ckpt_path="last")
+    a = t_full.lr_scheduler_configs[0].scheduler.state_dict()
+    b = t2.lr_scheduler_configs[0].scheduler.state_dict()
+    assert t2.optimizers[0].param_groups[0]["lr"] == t_full.optimizers[0].param_groups[0]["lr"] == 0.5 / 16
+    assert a["last_epoch"] == b["last_epoch"] == 4
+    assert a["num_bad_epochs"] == b["num_bad_epochs"] and a["best"] == pytest.approx(b["best"])
+    assert [l for *_, l in resumed.losses] == pytest.approx([l for e, _, l in full.losses if e >= 2], rel=1e-6)
+
+
+def test_ckpt_path_last_outside_fit_without_checkpoint_is_an_error(tmp_path):
+    with pytest.raises(surge.utils.MisconfigurationError, match="last"):
+        trainer(tmp_path).validate(Reg(), loader(), ckpt_path="last")
+
+
+def test_trainer_save_checkpoint_after_fit_resumes(tmp_path):
+    t1, model = fit(tmp_path, max_epochs=2)
+    path = str(tmp_path / "manual.ckpt")
+    t1.save_checkpoint(path)
+    ckpt = load_checkpoint(path)
+    assert ckpt["trainer_state"]["epoch"] == 2 and ckpt["global_step"] == 8
+    assert ckpt["lr_schedulers"][0]["last_epoch"] == 2
+    t2 = trainer(tmp_path / "b", max_epochs=3)
+    resumed = Reg()
+    t2.fit(resumed, loader(), ckpt_path=path)
+    assert t2.global_step == 12 and [e for e, *_ in resumed.losses] == [2] * 4
+
+
+def test_weights_only_checkpoint_loads_into_module(tmp_path):
+    cb = ModelCheckpoint(save_weights_only=True)
+    _, model = fit(tmp_path, Reg(hidden=3), max_epochs=1, callbacks=[cb])
+    loaded = Reg.load_from_checkpoint(cb.best_model_path)
+    assert loaded.hparams.hidden == 3
+    assert torch.equal(loaded.net[0].weight, model.net[0].weight)
+
+
+def test_resume_from_mid_epoch_checkpoint_continues_at_that_step(tmp_path):
+    torch.manual_seed(0)
+    full = Reg(use_scheduler=False)
+    fit(tmp_path / "full", full, max_epochs=3)
+    torch.manual_seed(0)
+    cb = ModelCheckpoint(every_n_train_steps=6, save_top_k=-1)
+    fit(tmp_path / "split", Reg(use_scheduler=False), max_epochs=2, callbacks=[cb])
+    mid = os.path.join(cb.dirpath, "epoch=1-step=6.ckpt")
+    resumed = Reg(use_scheduler=False)
+    t2 = trainer(tmp_path / "split2", max_epochs=3)
+    t2.fit(resumed, loader(), loader(16, seed=1), ckpt_path=mid)
+    assert t2.global_step == 12
+    assert [(e, s) for e, s, _ in resumed.losses] == [(1, 6), (1, 7)] + [(2, s) for s in range(8, 12)]
+    expected = [l for e, s, l in full.losses if s >= 6]
+    assert [l for *_, l in resumed.losses] == pytest.approx(expected, rel=1e-6, abs=1e-7)

@@ -119,11 +119,11 @@ def test_accumulation_with_limit_train_batches_steps_on_last_limited_batch():
 
 
 def test_no_grad_leaks_between_windows():
-    """After each optimizer step the gradients are zeroed: the model sees no stale gradient."""
+    """Gradients are zeroed between windows: the first backward of a window starts from no gradient."""
     seen = []
 
     class Probe(Regressor):
-        def on_train_batch_start(self, batch, batch_idx):
+        def on_before_backward(self, loss):
             seen.append(all(p.grad is None or not p.grad.any() for p in self.parameters()))
 
     trainer = make_trainer(max_epochs=1, accumulate_grad_batches=2)
@@ -168,9 +168,12 @@ def test_clipping_happens_after_on_before_optimizer_step_and_on_accumulated_grad
         def on_before_optimizer_step(self, optimizer):
             norms["before"] = torch.cat([p.grad.flatten() for p in self.parameters()]).norm().item()
 
-        def on_before_zero_grad(self, optimizer):
-            norms.setdefault("after", []).append(
-                torch.cat([p.grad.flatten() for p in self.parameters()]).norm().item())
+        def configure_optimizers(self):
+            opt = super().configure_optimizers()
+            # runs inside optimizer.step(): sees the gradients the update uses
+            opt.register_step_pre_hook(lambda o, args, kwargs: norms.setdefault("after", []).append(
+                torch.cat([p.grad.flatten() for p in self.parameters()]).norm().item()))
+            return opt
 
     trainer = make_trainer(max_epochs=1, gradient_clip_val=0.01, accumulate_grad_batches=2)
     trainer.fit(Probe(), DataLoader(regression_data(32), batch_size=8))
@@ -258,7 +261,13 @@ def test_each_optimizer_changes_only_its_own_parameters():
         def on_before_optimizer_step(self, optimizer):
             self._before = {n: p.detach().clone() for n, p in self.named_parameters()}
 
-        def on_before_zero_grad(self, optimizer):
+        def configure_optimizers(self):
+            opts = super().configure_optimizers()
+            for opt in opts:
+                opt.register_step_post_hook(lambda o, args, kwargs: self.record(o))
+            return opts
+
+        def record(self, optimizer):
             moved = {n.split(".")[0] for n, p in self.named_parameters() if not torch.equal(p, self._before[n])}
             changes.append((optimizer is self.trainer.optimizers[0], moved))
 

@@ -155,12 +155,13 @@ def test_limit_predict_batches(tmp_path, limit, expected):
 
 
 # ---------------------------------------------------------------- when validation runs
-def test_val_check_interval_float(tmp_path):
+@pytest.mark.parametrize("interval, steps", [(0.25, [2, 4, 6, 8]), (0.5, [4, 8]), (0.375, [3, 6]), (1.0, [8])])
+def test_val_check_interval_float(tmp_path, interval, steps):
     model = Counting()
-    trainer = make_trainer(tmp_path, max_epochs=1, val_check_interval=0.25, limit_val_batches=1)
+    trainer = make_trainer(tmp_path, max_epochs=1, val_check_interval=interval, limit_val_batches=1)
     trainer.fit(model)
-    # 8 batches, every 2 batches: after steps 2, 4, 6, 8
-    assert [s for _, s, _ in fit_val_calls(model)] == [2, 4, 6, 8]
+    # 8 batches; 0.25 validates every 2 batches, the epoch's last batch included
+    assert [s for _, s, _ in fit_val_calls(model)] == steps
 
 
 def test_val_check_interval_int(tmp_path):
@@ -210,6 +211,8 @@ def test_sanity_check_respects_limit_val_batches(tmp_path):
 # ---------------------------------------------------------------- logging cadence
 def read_csv(logger):
     path = os.path.join(logger.log_dir, "metrics.csv")
+    if not os.path.exists(path):  # nothing was logged
+        return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 

@@ -70,12 +70,19 @@ def load_checkpoint(path, map_location: Any = "cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        text = str(err)
+        if "GLOBAL" not in text and "global" not in text:
+            # Not a forbidden class: bytes that are no pickle at all (a garbage or foreign file).
+            raise CheckpointError(f"checkpoint {path!r} is truncated or corrupt and cannot be read "
+                                  f"(not a torch.save file)") from err
+        detail = next((ln.strip() for ln in text.splitlines() if "Unsupported global" in ln), text.splitlines()[0])
         raise CheckpointError(
             f"checkpoint {path!r} holds objects that only arbitrary unpickling can rebuild, which could run code "
-            f"from the file; surge refuses it. If you trust the file, load it yourself with "
-            f"torch.load(path, weights_only=False). ({str(err).splitlines()[0]})"
+            f"from the file; surge refuses it (it loads with torch.load(weights_only=True) only). If you trust "
+            f"the file, load it yourself with torch.load(path, weights_only=False). ({detail})"
         ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, LookupError, TypeError) as err:
+        # (the weights-only unpickler fails on arbitrary bytes with IndexError/KeyError/TypeError too)
         raise CheckpointError(f"checkpoint {path!r} is truncated or corrupt and cannot be read: {err}") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(

@@ -118,11 +118,21 @@ class OptimizerHandle:
         self._trainer = trainer
 
     def step(self, closure=None):
+        """Step the optimizer. ``closure`` (zero_grad, forward, ``manual_backward``, return the loss) is
+        handed to the optimizer, which may call it several times (LBFGS); ``on_before_optimizer_step``
+        and gradient clipping follow each call, as they need its gradients."""
         trainer = self._trainer
-        if closure is not None:
-            closure()
-        trainer._before_optimizer_step(self.optimizer)
-        stepped = trainer.strategy.optimizer_step(self.optimizer)
+        if closure is None:
+            trainer._before_optimizer_step(self.optimizer)
+            stepped = trainer.strategy.optimizer_step(self.optimizer)
+        else:
+            def closure_then_hooks():
+                with torch.enable_grad():
+                    loss = closure()
+                trainer._before_optimizer_step(self.optimizer)
+                return loss
+
+            stepped = trainer.strategy.optimizer_step(self.optimizer, closure_then_hooks)
         trainer.state.global_step += 1
         return stepped
 

@@ -33,8 +33,18 @@ class Precision:
         return module.to(self.param_dtype) if self.param_dtype is not None else module
 
     def autocast(self):
-        """Context the forward pass runs in."""
-        return contextlib.nullcontext()
+        """Context the forward pass runs in (the ``-true`` precisions: tensors created in it take the
+        parameters' dtype, so ``torch.ones(n)`` in a step matches the model)."""
+        return _default_dtype(self.param_dtype) if self.param_dtype is not None else contextlib.nullcontext()
+
+    def convert_input(self, data):
+        """``data`` with its floating-point tensors in the parameters' dtype (the ``-true`` precisions;
+        a float32 batch would not multiply with float64 or bf16 weights). Integer tensors stay as they are."""
+        if self.param_dtype is None:
+            return data
+        dtype = self.param_dtype
+        return torch.utils._pytree.tree_map(
+            lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t, data)
 
     def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
         loss.backward(*args, **kwargs)
@@ -42,9 +52,10 @@ class Precision:
     def unscale(self, optimizer) -> None:
         """Make gradients true-valued before clipping or inspecting them."""
 
-    def optimizer_step(self, optimizer) -> bool:
-        """Step ``optimizer``; return whether it really stepped (a scaler may skip the step)."""
-        optimizer.step()
+    def optimizer_step(self, optimizer, closure=None) -> bool:
+        """Step ``optimizer`` (handing it ``closure``, which LBFGS calls several times); return whether
+        it really stepped (a scaler may skip the step)."""
+        optimizer.step(closure)
         return True
 
     def state_dict(self) -> dict:
@@ -100,14 +111,18 @@ class MixedPrecision(Precision):
             self.scaler.unscale_(optimizer)
             self._unscaled.add(id(optimizer))
 
-    def optimizer_step(self, optimizer) -> bool:
-        self._unscaled.discard(id(optimizer))
+    def optimizer_step(self, optimizer, closure=None) -> bool:
         if self.scaler is None:
-            optimizer.step()
+            optimizer.step(closure)
             return True
+        if closure is not None:
+            # GradScaler.step takes no closure: evaluate it once, then step on its gradients
+            # (so optimizers that re-evaluate the closure, like LBFGS, do not work with "16-mixed").
+            closure()
         scale = self.scaler.get_scale()
         self.scaler.step(optimizer)
         self.scaler.update()
+        self._unscaled.discard(id(optimizer))  # after the step: the closure may have unscaled (to clip)
         # The scaler lowers its scale exactly when it skipped the step for inf/NaN gradients.
         stepped = self.scaler.get_scale() >= scale
         self.skipped_steps += not stepped
@@ -122,14 +137,30 @@ class MixedPrecision(Precision):
             self.skipped_steps = state.get("skipped_steps", 0)
 
 
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def normalize_precision(value) -> str:
     """The canonical name of a ``precision=`` value, or a clear error."""
     key = value.lower() if isinstance(value, str) else value
-    if isinstance(key, bool) or key not in _ALIASES:
+    # bool is an int, and 16.0 == 16 would find the alias: accept only real ints and strings.
+    if isinstance(key, bool) or not isinstance(key, (int, str)) or key not in _ALIASES:
         raise MisconfigurationError(
             f"precision={value!r} is not supported; choose one of {', '.join(PRECISIONS)} "
             f"(or the short forms 32, 16, 64, 'bf16')"
         )
+    if key in (16, "16", "bf16"):  # the old spellings that hide the "-mixed": say what they mean
+        import warnings
+
+        warnings.warn(f"precision={value!r} is the old spelling of precision={_ALIASES[key]!r}; use that",
+                      DeprecationWarning, stacklevel=3)
     return _ALIASES[key]
 
 

@@ -172,6 +172,7 @@ class Trainer:
                             ("detect_anomaly", detect_anomaly), ("inference_mode", inference_mode)):
             targs.check_bool(name, value)
         self.use_distributed_sampler = use_distributed_sampler
+        self.strategy.use_distributed_sampler = use_distributed_sampler
         self.detect_anomaly = detect_anomaly
         self.inference_mode = inference_mode
         self.deterministic = deterministic
@@ -211,7 +212,7 @@ class Trainer:
         self.num_predict_batches: list = []
         self.num_sanity_val_batches: list = []
         self._epoch_finished = False
-        self._grads_pending = False
+        self._grads_pending: set[int] = set()  # indices of optimizers holding gradients not yet stepped
         self._ckpt_path: Optional[str] = None
         self._hooks: dict[str, list] = {}
         self._nonfinite_step: Optional[torch.Tensor] = None
@@ -375,12 +376,11 @@ class Trainer:
     @property
     def estimated_stepping_batches(self) -> Union[int, float]:
         """Optimizer steps fit will take (for schedulers such as OneCycleLR); ``inf`` if unbounded."""
-        if self.max_steps != -1:
-            return self.max_steps
+        by_steps = self.max_steps if self.max_steps != -1 else math.inf
         if self.max_epochs == -1 or not isinstance(self.num_training_batches, int):
-            return math.inf
+            return by_steps
         per_epoch = math.ceil(self.num_training_batches / self.accumulate_grad_batches)
-        return per_epoch * self.max_epochs
+        return min(by_steps, per_epoch * self.max_epochs)  # whichever ends fit first
 
     # ================================================================== entry points
     def fit(self, model: Module, train_dataloaders=None, val_dataloaders=None, datamodule: Optional[DataModule] = None,
@@ -459,6 +459,7 @@ class Trainer:
         """Everything a stage does, in the process (or each process) that runs it."""
         strategy, module = self.strategy, self.module
         strategy.setup_environment()
+        self._agree_on_log_dir()
         self._hooks.clear()
         # On the CPU with no transfer hook overridden, moving a batch is a no-op: skip the walk over it.
         self._transfer_is_noop = strategy.root_device.type == "cpu" and self.datamodule is None and not any(
@@ -497,6 +498,15 @@ class Trainer:
             self._results = None
             self.state.stage = None
             strategy.teardown()
+
+    def _agree_on_log_dir(self) -> None:
+        """Every rank builds its loggers, but only rank 0 looks on disk for the next free ``version_N``
+        and tells the others, so that ``log_dir`` (and ModelCheckpoint's folder under it) is the same everywhere."""
+        if self.world_size > 1:
+            for lg in self.loggers:
+                version = self.strategy.broadcast(lg.version if self.is_global_zero else None)
+                if not self.is_global_zero:
+                    lg.load_state_dict({"version": version})
 
     def _prepare_data(self) -> None:
         dm = self.datamodule
@@ -542,6 +552,11 @@ class Trainer:
             raise SurgeError(
                 f"configure_optimizers returned {len(self.optimizers)} optimizers under automatic optimisation, so "
                 f"training_step must take an `optimizer_idx` argument: training_step(self, batch, batch_idx, optimizer_idx)"
+            )
+        if not self.module.automatic_optimization and self.accumulate_grad_batches > 1:
+            raise MisconfigurationError(
+                f"accumulate_grad_batches={self.accumulate_grad_batches} does nothing under manual optimisation "
+                f"(automatic_optimization = False): remove it and step the optimizer every n batches in training_step"
             )
 
     # ================================================================== hooks
@@ -623,6 +638,7 @@ class Trainer:
             output = self._train_batch(batch, batch_idx, last=limit is not None and batch_idx + 1 == limit)
             state.batch_idx = batch_idx + 1
             state.batches_seen += 1
+            self._update_step_metrics()  # on_train_batch_end (ModelCheckpoint, the bar) sees this step's values
             self._call("on_train_batch_end", output, batch, batch_idx)
             self._log_step_metrics()
             if self._val_due(batch_idx, limit, end_of_epoch=False):
@@ -652,7 +668,7 @@ class Trainer:
             _check_step_output(output, manual=True)
             return output
         boundary = last or (batch_idx + 1) % self.accumulate_grad_batches == 0
-        outputs = []
+        outputs, stepped = [], False
         for opt_idx, optimizer in enumerate(self.optimizers):
             extra = (opt_idx,) if self._step_takes_opt_idx else ()
             if self._step_takes_opt_idx:
@@ -664,28 +680,44 @@ class Trainer:
                 loss = _check_step_output(output, manual=False)
                 if loss is not None:
                     self._check_finite(loss, batch_idx)
+                    if opt_idx not in self._grads_pending:  # first micro-batch of a window: zero, as Lightning does
+                        self._call("on_before_zero_grad", optimizer)
+                        module.optimizer_zero_grad(self.state.epoch, batch_idx, optimizer)
                     self._call("on_before_backward", loss)
                     self._backward(loss / self.accumulate_grad_batches if self.accumulate_grad_batches > 1 else loss)
                     self._call("on_after_backward")
-                    self._grads_pending = True
+                    self._grads_pending.add(opt_idx)
             if self._step_takes_opt_idx:
                 module.untoggle_optimizer(optimizer)
+            # Each optimizer steps in its own turn, so the next optimizer's training_step sees the update
+            # (a GAN's discriminator loss uses the generator just stepped).
+            if boundary and opt_idx in self._grads_pending:
+                self._step_optimizer(opt_idx, batch_idx)
+                stepped = True
             outputs.append(output)
             if not self._step_takes_opt_idx:
                 break
-        if boundary and self._grads_pending:
-            self._optimizer_steps(batch_idx)
-        out = outputs[0] if len(outputs) == 1 else outputs
-        return {"loss": out.detach()} if isinstance(out, torch.Tensor) else out
+        if stepped:
+            self._end_step()
+        # What on_train_batch_end sees holds no graph: the step's activations can be freed.
+        outputs = [_detached_output(o) for o in outputs]
+        return outputs[0] if len(outputs) == 1 else outputs
 
     def _optimizer_steps(self, batch_idx: int) -> None:
-        """Clip, step and zero every optimizer, then step the per-step schedulers."""
-        for optimizer in self.optimizers:
-            self._before_optimizer_step(optimizer)
-            self.strategy.optimizer_step(optimizer)
-            self._call("on_before_zero_grad", optimizer)
-            self.module.optimizer_zero_grad(self.state.epoch, batch_idx, optimizer)
-        self._grads_pending = False
+        """Step every optimizer that holds gradients (an epoch ending inside a window), then count the step."""
+        for opt_idx in sorted(self._grads_pending):
+            self._step_optimizer(opt_idx, batch_idx)
+        self._end_step()
+
+    def _step_optimizer(self, opt_idx: int, batch_idx: int) -> None:
+        """Clip and step one optimizer (its gradients are zeroed before the next window's first backward)."""
+        optimizer = self.optimizers[opt_idx]
+        self._before_optimizer_step(optimizer)
+        self.strategy.optimizer_step(optimizer)
+        self._grads_pending.discard(opt_idx)
+
+    def _end_step(self) -> None:
+        """One optimisation step is done (every optimizer had its turn): count it, step per-step schedulers."""
         self.state.global_step += 1
         self._step_schedulers("step")
 
@@ -749,6 +781,24 @@ class Trainer:
             self._results.hook = "lr_scheduler_step"
             self.module.lr_scheduler_step(config.scheduler, metric)
 
+    def _step_pending_epoch_schedulers(self, metrics: dict) -> None:
+        """Take the epoch-interval scheduler step that an end-of-epoch checkpoint was written before."""
+        if not self.module.automatic_optimization:
+            return
+        for config in self.lr_scheduler_configs:
+            if config.interval != "epoch" or self.state.epoch % config.frequency:
+                continue
+            metric = None
+            if config.monitor is not None:
+                if config.monitor not in metrics:
+                    rank_zero_warn(f"the LR scheduler monitors {config.monitor!r}, which the checkpoint did not record; "
+                                   f"not stepping it for the epoch before the resume")
+                    continue
+                metric = torch.tensor(metrics[config.monitor])
+            with warnings.catch_warnings():  # no optimizer.step() yet in this process, which torch would flag
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                self.module.lr_scheduler_step(config.scheduler, metric)
+
     def _val_due(self, batch_idx: int, limit, end_of_epoch: bool) -> bool:
         if not self.val_dataloaders or not any(n != 0 for n in self.num_val_batches):
             return False
@@ -757,8 +807,8 @@ class Trainer:
             return False
         interval = self.val_check_interval
         if isinstance(interval, float):
-            if end_of_epoch:
-                return interval == 1.0 or (limit is None)
+            if end_of_epoch:  # the last batch is a check point too when the interval divides the epoch
+                return interval == 1.0 or limit is None or limit % max(1, int(limit * interval)) == 0
             if interval == 1.0 or limit is None:
                 return False
             every = max(1, int(limit * interval))
@@ -833,6 +883,7 @@ class Trainer:
                     results.hook = step_name
                     output = self.strategy.step(prefix, batch, batch_idx, *extra)
                     self._call(f"on_{prefix}_batch_end", output, batch, batch_idx, *extra)
+                    self._eval_step_metrics(results, write=not sanity)
                 per_loader_keys.append(set(results.metrics) - before)
             results.dataloader_idx = None
             self._call(f"on_{prefix}_epoch_end")
@@ -841,8 +892,10 @@ class Trainer:
         module.train(was_training)
         if len(loaders) <= 1:
             return [{k: float(v) for k, v in epoch.items()}]
-        shared = set(epoch) - set().union(*per_loader_keys)
-        return [{k: float(v) for k, v in epoch.items() if k in keys or k in shared} for keys in per_loader_keys]
+        # As in Lightning: a loader's dict holds what it logged, plus every key without a dataloader suffix
+        # (logged with add_dataloader_idx=False by any loader, or from an epoch-end hook).
+        return [{k: float(v) for k, v in epoch.items() if k in keys or "/dataloader_idx_" not in k}
+                for keys in per_loader_keys]
 
     def _predict_loop(self):
         loaders = self._loaders("predict")
@@ -869,7 +922,7 @@ class Trainer:
                     self._call("on_predict_batch_end", out, batch, batch_idx, *extra)
                     if self._return_predictions:
                         outputs.append(out)
-                all_outputs.append(outputs)
+                all_outputs.append(self.strategy.gather_predictions(outputs, loader) if self._return_predictions else outputs)
             self._call("on_predict_epoch_end")
             self._call("on_predict_end")
         if not self._return_predictions:
@@ -880,7 +933,17 @@ class Trainer:
     def _log_step_metrics(self) -> None:
         """Keep per-step values for the progress bar and callbacks; write them out every n steps."""
         results = self._results
-        for m in results.metrics.values():
+        self._update_step_metrics()
+        if self.state.batches_seen % self.log_every_n_steps == 0 or self.state.should_stop:
+            self._raise_if_nonfinite()
+            metrics = results.step_metrics(for_logger=True)
+            if metrics:
+                self._write_metrics(metrics)
+            results.mark_step_written()
+
+    def _update_step_metrics(self) -> None:
+        """Put the values logged in this training step into ``callback_metrics`` and the progress bar's."""
+        for m in self._results.metrics.values():
             if m.fresh and m.on_step:
                 key = f"{m.name}_step" if m.on_epoch else m.name
                 self.callback_metrics[key] = m.step_value
@@ -888,12 +951,23 @@ class Trainer:
                     self.callback_metrics[m.name] = m.step_value
                 if m.prog_bar:
                     self.progress_bar_metrics[key] = m.step_value
-        if self.state.batches_seen % self.log_every_n_steps == 0 or self.state.should_stop:
-            self._raise_if_nonfinite()
+
+    def _eval_step_metrics(self, results: Results, write: bool) -> None:
+        """Values logged with on_step=True in an evaluation step: to callback_metrics, the progress bar
+        and (outside the sanity check) the loggers, as training steps do; without this they were lost."""
+        fresh = [m for m in results.metrics.values() if m.fresh and m.on_step]
+        if not fresh:
+            return
+        for m in fresh:
+            key = f"{m.name}_step" if m.on_epoch else m.name
+            self.callback_metrics[key] = m.step_value
+            if m.prog_bar:
+                self.progress_bar_metrics[key] = m.step_value
+        if write:
             metrics = results.step_metrics(for_logger=True)
             if metrics:
                 self._write_metrics(metrics)
-            results.mark_step_written()
+        results.mark_step_written()
 
     def _epoch_end(self, stage: str, log: bool = True) -> dict[str, torch.Tensor]:
         """Reduce the epoch metrics into ``callback_metrics`` and the loggers.
@@ -1009,8 +1083,10 @@ class Trainer:
 
     def _to_device(self, batch, dataloader_idx: int):
         module = self.module
+        # "64-true", "bf16-true", "16-true": floating inputs take the parameters' dtype (a no-op otherwise).
+        convert = self.strategy.precision.convert_input
         if self._transfer_is_noop:
-            return batch
+            return convert(batch)
         dm = self.datamodule
         if dm is not None:
             batch = dm.on_before_batch_transfer(batch, dataloader_idx)
@@ -1018,7 +1094,7 @@ class Trainer:
         batch = self.strategy.batch_to_device(batch, module, dataloader_idx)
         if dm is not None:
             batch = dm.on_after_batch_transfer(batch, dataloader_idx)
-        return module.on_after_batch_transfer(batch, dataloader_idx)
+        return convert(module.on_after_batch_transfer(batch, dataloader_idx))
 
     # ================================================================== checkpoints
     def save_checkpoint(self, filepath: str, weights_only: bool = False) -> None:
@@ -1059,6 +1135,11 @@ class Trainer:
             ckpt["callbacks"] = {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_dict()}
             ckpt["loggers"] = [lg.state_dict() for lg in self.loggers]
             ckpt["rng"] = capture_rng_state()
+            if self._epoch_finished:
+                # End-of-epoch checkpoints are written before that epoch's schedulers step; the resume steps them.
+                ckpt["epoch_schedulers_pending"] = {
+                    c.monitor: float(self.callback_metrics[c.monitor]) for c in self.lr_scheduler_configs
+                    if c.interval == "epoch" and c.monitor is not None and c.monitor in self.callback_metrics}
             if self.datamodule is not None:
                 ckpt["datamodule"] = self.datamodule.state_dict()
                 ckpt["datamodule_hyper_parameters"] = self.datamodule._plain_hparams()[0]
@@ -1140,12 +1221,17 @@ class Trainer:
         self.state.load_state_dict(ckpt["trainer_state"])
         self.state.stage = "fit"
         self.state.should_stop = False
+        if "epoch_schedulers_pending" in ckpt:
+            self._step_pending_epoch_schedulers(ckpt["epoch_schedulers_pending"])
+        # Loggers first: they bring back the run's version folder, which the default checkpoint folder follows.
+        for lg, st in zip(self.loggers, ckpt.get("loggers", [])):
+            lg.load_state_dict(st)
+        for cb in self.checkpoint_callbacks:
+            cb._resolve_dirpath(self)
         callback_states = ckpt.get("callbacks", {})
         for cb in self.callbacks:
             if cb.state_key in callback_states:
                 cb.load_state_dict(callback_states[cb.state_key])
-        for lg, st in zip(self.loggers, ckpt.get("loggers", [])):
-            lg.load_state_dict(st)
         if self.datamodule is not None and "datamodule" in ckpt:
             self.datamodule.load_state_dict(ckpt["datamodule"])
         if "rng" in ckpt:
@@ -1188,6 +1274,16 @@ def _check_step_output(output, manual: bool):
     if manual:
         return None
     raise SurgeError(f"training_step must return a loss tensor, a dict with 'loss', or None; got {type(output).__name__}")
+
+
+def _detached_output(output):
+    """``training_step``'s output for ``on_train_batch_end``: a loss tensor becomes ``{"loss": loss}``;
+    the tensors of a dict are detached."""
+    if isinstance(output, torch.Tensor):
+        return {"loss": output.detach()}
+    if isinstance(output, dict):
+        return {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in output.items()}
+    return output
 
 
 def _print_results(stage: str, per_loader: list[dict]) -> None:

@@ -51,6 +51,7 @@ class ModelCheckpoint(Callback):
         if every_n_train_steps and every_n_epochs:
             raise MisconfigurationError("ModelCheckpoint: give every_n_epochs or every_n_train_steps, not both")
         self.dirpath = os.fspath(dirpath) if dirpath is not None else None
+        self._dirpath_from_logger = dirpath is None  # follows the logger's folder (which a resume may change)
         self.filename = filename
         self.monitor = monitor
         self.mode = mode
@@ -75,7 +76,11 @@ class ModelCheckpoint(Callback):
 
     # ------------------------------------------------------------------ when to save
     def setup(self, trainer, module, stage: str) -> None:
-        if self.dirpath is None:
+        self._resolve_dirpath(trainer)
+
+    def _resolve_dirpath(self, trainer) -> None:
+        """Default folder: ``<log_dir>/checkpoints``; re-run once a resume restored the logger's version."""
+        if self.dirpath is None or self._dirpath_from_logger:
             base = trainer.log_dir if trainer.loggers else trainer.default_root_dir
             self.dirpath = os.path.join(base, "checkpoints")
 
@@ -110,22 +115,36 @@ class ModelCheckpoint(Callback):
             return
         metrics = dict(trainer.callback_metrics)
         self._last_global_step_saved = trainer.global_step
-        checkpoint = trainer._checkpoint_dict(self.save_weights_only)
-        if self.save_top_k != 0:
-            self._save_top_k(trainer, checkpoint, metrics)
+        # Rank first and build the checkpoint after, so that the state it records (best_k_models,
+        # last_model_path) already names the files it is written to; a resume then keeps them.
+        top_k_path, stale = self._update_top_k(trainer, metrics) if self.save_top_k != 0 else (None, [])
+        last_path = None
         if self.save_last:
-            path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
-            self._write(trainer, checkpoint, path)
-            self.last_model_path = path
+            last_path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+            self.last_model_path = last_path
+        if top_k_path is not None or last_path is not None:
+            checkpoint = trainer._checkpoint_dict(self.save_weights_only)
+            if top_k_path is not None:
+                self._write(trainer, checkpoint, top_k_path)
+                if self.verbose and trainer.is_global_zero:
+                    score = self.best_k_models[top_k_path]
+                    print(f"ModelCheckpoint: saved {top_k_path}" + (f" ({self.monitor}={score:.5g})" if self.monitor else ""))
+            # Drop the worst only after the new file is complete on disk.
+            for path in stale:
+                if path != top_k_path and trainer.is_global_zero and os.path.isfile(path):
+                    os.remove(path)
+            if last_path is not None:
+                self._write(trainer, checkpoint, last_path)
         trainer.strategy.barrier("ModelCheckpoint")
 
-    def _save_top_k(self, trainer, checkpoint, metrics) -> None:
+    def _update_top_k(self, trainer, metrics) -> tuple:
+        """Rank this save among the best k: ``(path to write or None, paths that dropped out)``."""
         score = None
         if self.monitor is not None:
             if self.monitor not in metrics:
                 rank_zero_warn(f"ModelCheckpoint(monitor={self.monitor!r}) found no such metric; logged: {sorted(metrics)}."
                                f" Not saving a top-k checkpoint this time.")
-                return
+                return None, []
             score = float(metrics[self.monitor])
             if math.isnan(score):
                 score = math.inf if self.mode == "min" else -math.inf
@@ -133,25 +152,18 @@ class ModelCheckpoint(Callback):
         if self.monitor is None:
             # No metric: the newest checkpoints are the best ones.
             score = float(trainer.global_step)
-            better = True
-        else:
-            better = self._is_better(score)
-        if not better:
-            return
-        self._write(trainer, checkpoint, path)
+        elif not self._is_better(score):
+            return None, []
         self.best_k_models[path] = score
-        # Drop the worst only after the new file is complete on disk.
         keep = self.save_top_k if self.save_top_k != -1 else len(self.best_k_models)
         ordered = sorted(self.best_k_models, key=lambda p: self.best_k_models[p],
                          reverse=self.mode == "max" or self.monitor is None)
-        for stale in ordered[keep:]:
-            del self.best_k_models[stale]
-            if stale != path and trainer.is_global_zero and os.path.isfile(stale):
-                os.remove(stale)
+        stale = ordered[keep:]
+        for p in stale:
+            del self.best_k_models[p]
         self.best_model_path = ordered[0]
         self.best_model_score = torch.tensor(self.best_k_models[ordered[0]])
-        if self.verbose and trainer.is_global_zero:
-            print(f"ModelCheckpoint: saved {path}" + (f" ({self.monitor}={score:.5g})" if self.monitor else ""))
+        return path, stale
 
     def _is_better(self, score: float) -> bool:
         if self.save_top_k == -1 or len(self.best_k_models) < self.save_top_k:

@@ -107,7 +107,10 @@ class DigitsClassifier(Module):
 
 def main(argv=None) -> dict:
     """Train, test and report; returns the test metrics."""
+    import yaml
+
     import surge
+    from surge.cli import SaveConfigCallback
 
     parser = argparse.ArgumentParser(prog="surge demo", description="Train a CNN on scikit-learn's handwritten digits.")
     parser.add_argument("--max-epochs", type=int, default=10)
@@ -126,17 +129,28 @@ def main(argv=None) -> dict:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     data = DigitsDataModule(batch_size=args.batch_size)
     model = DigitsClassifier(lr=args.lr)
-    checkpoint = surge.ModelCheckpoint(monitor="val_acc", mode="max", save_last=True)
-    trainer = surge.Trainer(max_epochs=args.max_epochs, accelerator=args.accelerator, devices=args.devices,
-                            strategy=args.strategy, precision=args.precision, default_root_dir=args.root_dir,
-                            callbacks=[checkpoint], enable_progress_bar=not args.no_progress_bar,
-                            log_every_n_steps=10)
+    checkpoint_args = dict(monitor="val_acc", mode="max", save_last=True)
+    checkpoint = surge.ModelCheckpoint(**checkpoint_args)
+    devices = int(args.devices) if args.devices.lstrip("-").isdigit() else args.devices
+    trainer_args = dict(max_epochs=args.max_epochs, accelerator=args.accelerator, devices=devices,
+                        strategy=args.strategy, precision=args.precision, default_root_dir=os.path.abspath(args.root_dir),
+                        enable_progress_bar=not args.no_progress_bar, log_every_n_steps=10)
+    # The run's config in the command line's format, saved to the log folder: `surge fit --config` trains it again.
+    config = {"seed_everything": args.seed,
+              "trainer": {**trainer_args, "callbacks": [{"class_path": "surge.callbacks.ModelCheckpoint",
+                                                          "init_args": checkpoint_args}]},
+              "model": {"class_path": "surge.demos.digits.DigitsClassifier", "init_args": dict(model.hparams)},
+              "data": {"class_path": "surge.demos.digits.DigitsDataModule", "init_args": dict(data.hparams)}}
+    save_config = SaveConfigCallback(yaml.safe_dump(config, sort_keys=False))
+    trainer = surge.Trainer(callbacks=[checkpoint, save_config], **trainer_args)
     trainer.fit(model, datamodule=data)
     results = trainer.test(model, datamodule=data, ckpt_path="best", verbose=False)[0]
     if trainer.is_global_zero:
         print(f"test accuracy: {results['test_acc']:.4f}  (test loss {results['test_loss']:.4f})")
         print(f"logs:        {trainer.log_dir}")
         print(f"checkpoints: {checkpoint.dirpath} (best: {os.path.basename(checkpoint.best_model_path)})")
+        if save_config.path:
+            print(f"config:      {save_config.path} (`surge fit --config` with it trains this model again)")
     return results
 
 

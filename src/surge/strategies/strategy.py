@@ -78,6 +78,8 @@ class Strategy:
     global_rank = 0
     local_rank = 0
     node_rank = 0
+    # Whether process_dataloader may put a DistributedSampler in (Trainer(use_distributed_sampler=...)).
+    use_distributed_sampler = True
 
     @property
     def is_global_zero(self) -> bool:
@@ -107,6 +109,10 @@ class Strategy:
         """The loader this process iterates (distributed strategies give each process its share)."""
         return loader
 
+    def gather_predictions(self, outputs: list, loader) -> list:
+        """The predictions of every process for ``loader``, in dataset order (here: this process's own)."""
+        return outputs
+
     def batch_to_device(self, batch, module, dataloader_idx: int = 0):
         return module.transfer_batch_to_device(batch, self.root_device, dataloader_idx)
 
@@ -124,8 +130,8 @@ class Strategy:
         """Context under which backward does not synchronise gradients (accumulation micro-batches)."""
         return contextlib.nullcontext()
 
-    def optimizer_step(self, optimizer) -> bool:
-        return self.precision.optimizer_step(optimizer)
+    def optimizer_step(self, optimizer, closure=None) -> bool:
+        return self.precision.optimizer_step(optimizer, closure)
 
     def clip_gradients(self, optimizer, value: float, algorithm: str) -> None:
         self.precision.unscale(optimizer)
@@ -147,7 +153,7 @@ class Strategy:
 
 
 def strategy_names() -> list[str]:
-    from . import single  # noqa: F401  (registers itself)
+    from . import ddp, single  # noqa: F401  (they register themselves)
 
     return sorted(_REGISTRY)
 

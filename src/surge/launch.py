@@ -1,0 +1,240 @@
+"""How the processes of a run start, and where each one learns its rank.
+
+Three ways, detected from the environment (:func:`detect_environment`):
+
+* **plain** ``python train.py`` with ``devices=N``: this process becomes local rank 0 and starts the
+  same command again for local ranks 1..N-1 (:class:`LocalLauncher`). Each child gets RANK, LOCAL_RANK,
+  WORLD_SIZE, NODE_RANK, MASTER_ADDR and MASTER_PORT in its environment, so when it reaches the Trainer
+  it sees an "already launched" environment and starts nothing.
+* **torchrun** (``torchrun --nproc-per-node N train.py``): RANK/WORLD_SIZE/LOCAL_RANK are set; start nothing.
+* **SLURM** (``srun python train.py`` inside an allocation): SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID/
+  SLURM_NODEID give the ranks; start nothing.
+
+Failure handling is the launcher's main job after starting processes: a rank that dies must not leave
+the others waiting in a collective until the process-group timeout (30 minutes by default). Rank 0
+watches its children; when one exits with an error it terminates the rest and exits with an error
+itself within seconds. Children watch rank 0 the same way (if their parent disappears, they exit).
+"""
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Optional
+
+from .utils import MisconfigurationError
+
+# Seconds between two looks at the children, and the grace period between asking a process to stop
+# (SIGTERM / KeyboardInterrupt) and forcing it (SIGKILL / os._exit).
+_POLL_S = 0.2
+_GRACE_S = 5.0
+
+
+@dataclasses.dataclass
+class ClusterEnvironment:
+    """Where this process sits in the run. ``kind``: "local" (surge starts the other processes),
+    "torchrun" (or any launcher that sets RANK/WORLD_SIZE/LOCAL_RANK, surge's own children included)
+    or "slurm"."""
+
+    kind: str
+    world_size: int
+    global_rank: int
+    local_rank: int
+    node_rank: int
+    main_address: str = "127.0.0.1"
+    main_port: Optional[int] = None
+
+    @property
+    def creates_processes_externally(self) -> bool:
+        return self.kind != "local"
+
+
+def _slurm_launched() -> bool:
+    # An interactive `salloc` shell also has SLURM_* variables; only srun with several tasks launches ranks.
+    if int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return False
+    return os.environ.get("SLURM_JOB_NAME", "") not in ("bash", "interactive")
+
+
+def _torchrun_launched() -> bool:
+    env = os.environ
+    return "TORCHELASTIC_RUN_ID" in env or all(k in env for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """The first host name of a SLURM node list: "node[03-05,9],gpu1" -> "node03"."""
+    nodelist = nodelist.strip()
+    m = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist)
+    if m is None:
+        return "127.0.0.1"
+    prefix, ranges = m.group(1), m.group(3)
+    if ranges is None:
+        return prefix
+    first = ranges.split(",")[0].split("-")[0]
+    return prefix + first
+
+
+def detect_environment(devices: int, num_nodes: int) -> ClusterEnvironment:
+    """The :class:`ClusterEnvironment` of this process for a run of ``devices`` processes per node on
+    ``num_nodes`` machines. Raises :class:`MisconfigurationError` when an external launcher started a
+    different number of processes than the Trainer was asked for."""
+    env = os.environ
+    expected = devices * num_nodes
+    if _torchrun_launched():
+        world = int(env["WORLD_SIZE"])
+        rank = int(env["RANK"])
+        local = int(env.get("LOCAL_RANK", rank % devices))
+        node = int(env.get("GROUP_RANK", env.get("NODE_RANK", rank // max(devices, 1))))
+        found = ClusterEnvironment("torchrun", world, rank, local, node, env.get("MASTER_ADDR", "127.0.0.1"),
+                                   int(env["MASTER_PORT"]) if "MASTER_PORT" in env else None)
+    elif _slurm_launched():
+        world = int(env["SLURM_NTASKS"])
+        port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else \
+            10000 + int(env.get("SLURM_JOB_ID", "0")) % 20000  # the same on every node of the job
+        addr = env.get("MASTER_ADDR") or first_slurm_host(env.get("SLURM_NODELIST", env.get("SLURM_JOB_NODELIST", "")))
+        found = ClusterEnvironment("slurm", world, int(env["SLURM_PROCID"]), int(env["SLURM_LOCALID"]),
+                                   int(env.get("SLURM_NODEID", 0)), addr, port)
+    else:
+        # Plain `python train.py`: this process is local rank 0 of its node. Several nodes without a
+        # launcher need NODE_RANK, MASTER_ADDR and MASTER_PORT set by hand on every node.
+        node = int(env.get("NODE_RANK", 0))
+        if num_nodes > 1 and "MASTER_ADDR" not in env:
+            raise MisconfigurationError(
+                f"num_nodes={num_nodes} without torchrun or SLURM: set NODE_RANK, MASTER_ADDR and MASTER_PORT on "
+                f"every node, or launch with torchrun --nnodes {num_nodes} / srun"
+            )
+        port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else None
+        return ClusterEnvironment("local", expected, node * devices, 0, node, env.get("MASTER_ADDR", "127.0.0.1"), port)
+    if found.world_size != expected:
+        raise MisconfigurationError(
+            f"the launcher ({found.kind}) started {found.world_size} processes, but the Trainer was given "
+            f"devices={devices} and num_nodes={num_nodes} ({expected} processes); make them agree"
+        )
+    return found
+
+
+def find_free_port() -> int:
+    """A TCP port on this machine that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _this_command() -> list[str]:
+    """The command line that started this process, to start it again for the other ranks."""
+    import __main__
+
+    spec = getattr(__main__, "__spec__", None)
+    if spec is not None and spec.name and spec.name != "__main__":  # python -m package.module ...
+        name = spec.name[: -len(".__main__")] if spec.name.endswith(".__main__") else spec.name
+        return [sys.executable, "-m", name, *sys.argv[1:]]
+    script = sys.argv[0] if sys.argv else ""
+    if not script or script == "-c" or not os.path.isfile(script):
+        raise MisconfigurationError(
+            "strategy='ddp' starts the other ranks by running this script again, but this process was not "
+            "started from a script (an interactive session, a notebook or python -c); run a script, or use torchrun"
+        )
+    return [sys.executable, os.path.abspath(script), *sys.argv[1:]]
+
+
+class LocalLauncher:
+    """Starts local ranks 1..N-1 as copies of this command and watches them (this process is rank 0).
+
+    Started once per process: the children run the whole script, so a later ``trainer.test()`` after
+    ``fit()`` finds them already there.
+    """
+
+    def __init__(self, cluster: ClusterEnvironment, devices: int) -> None:
+        self.cluster, self.devices = cluster, devices
+        self.children: dict[int, subprocess.Popen] = {}
+        self._stopping = False
+
+    def start(self) -> None:
+        command = _this_command()
+        port = self.cluster.main_port or find_free_port()
+        self.cluster.main_port = port
+        base = {"MASTER_ADDR": self.cluster.main_address, "MASTER_PORT": str(port),
+                "WORLD_SIZE": str(self.cluster.world_size), "NODE_RANK": str(self.cluster.node_rank),
+                "SURGE_LAUNCHER_PID": str(os.getpid())}
+        # Rank 0 also carries the variables: code that reads RANK/WORLD_SIZE (ours and the user's) sees one truth.
+        os.environ.update(base, RANK=str(self.cluster.global_rank), LOCAL_RANK="0")
+        for local in range(1, self.devices):
+            env = dict(os.environ, **base, RANK=str(self.cluster.global_rank + local), LOCAL_RANK=str(local))
+            self.children[local] = subprocess.Popen(command, env=env, cwd=os.getcwd())
+        threading.Thread(target=self._watch, name="surge-launcher-watch", daemon=True).start()
+        atexit.register(self._wait_at_exit)
+
+    def _watch(self) -> None:
+        """Poll the children; the first one that fails takes the whole run down."""
+        while not self._stopping:
+            for local, proc in self.children.items():
+                code = proc.poll()
+                if code is not None and code != 0 and not self._stopping:
+                    self._fail(local, code)
+                    return
+            time.sleep(_POLL_S)
+
+    def _fail(self, local: int, code: int) -> None:
+        self._stopping = True
+        rank = self.cluster.global_rank + local
+        print(f"surge: rank {rank} (local rank {local}) exited with code {code}; stopping the other ranks",
+              file=sys.stderr, flush=True)
+        self.terminate()
+        # Rank 0 may be blocked in a collective that waits for the dead rank; interrupt it, and if it
+        # does not get out within the grace period, leave without cleaning up.
+        import _thread
+
+        _thread.interrupt_main()
+        time.sleep(_GRACE_S)
+        os._exit(code if 0 < code < 256 else 1)
+
+    def terminate(self) -> None:
+        """Stop every child still running: SIGTERM, then SIGKILL after the grace period."""
+        self._stopping = True
+        alive = [p for p in self.children.values() if p.poll() is None]
+        for p in alive:
+            p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + _GRACE_S
+        for p in alive:
+            try:
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def _wait_at_exit(self) -> None:
+        """At the end of rank 0's script: wait for the children, and fail if one of them failed."""
+        if self._stopping:
+            return
+        for local, proc in self.children.items():
+            code = proc.wait()
+            if code != 0:
+                self._stopping = True
+                print(f"surge: rank {self.cluster.global_rank + local} exited with code {code}",
+                      file=sys.stderr, flush=True)
+                self.terminate()
+                os._exit(code if 0 < code < 256 else 1)
+        self._stopping = True
+
+
+def watch_parent() -> None:
+    """In a child started by :class:`LocalLauncher`: exit when rank 0 goes away (killed, crashed), so
+    that no orphan waits in a collective for the process-group timeout."""
+    parent = int(os.environ.get("SURGE_LAUNCHER_PID", "0"))
+    if not parent or os.getpid() == parent:
+        return
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, name="surge-parent-watch", daemon=True).start()

@@ -1,0 +1,266 @@
+"""Distributed data parallel: one process per device, each with a full copy of the model.
+
+Every process runs the same training step on its own share of the data (a ``DistributedSampler``);
+torch's ``DistributedDataParallel`` averages the gradients during backward, so every copy takes the
+same optimizer step. How the processes start is in :mod:`surge.launch`.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+from datetime import timedelta
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from ..launch import ClusterEnvironment, LocalLauncher, detect_environment, watch_parent
+from ..utils import MisconfigurationError, rank_zero_only, rank_zero_warn
+from .strategy import Strategy, register
+
+_OPS = {"sum": dist.ReduceOp.SUM, "mean": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+
+
+class _StepRouter(torch.nn.Module):
+    """What DDP wraps: its forward runs the module's ``<stage>_step``.
+
+    DDP prepares its gradient reduction in its own ``forward``; the user's ``training_step`` calls
+    ``self(x)`` on the unwrapped module, so the step itself has to go through DDP's forward.
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, stage: str, *args):
+        return getattr(self.module, f"{stage}_step")(*args)
+
+
+@register("ddp")
+class DDP(Strategy):
+    """Data parallel training over ``devices`` processes per machine on ``num_nodes`` machines.
+
+    Example::
+
+        trainer = surge.Trainer(strategy="ddp", accelerator="cpu", devices=2)
+        trainer = surge.Trainer(strategy=DDP(find_unused_parameters=True, timeout=timedelta(minutes=5)), devices=4)
+
+    Arguments:
+        find_unused_parameters: let DDP cope with parameters that get no gradient in a step (slower).
+        static_graph: promise that the set of used parameters is the same every step (lets DDP optimise).
+        gradient_as_bucket_view: gradients are views into DDP's communication buckets (saves memory).
+        timeout: how long a collective waits for the other processes before failing the run.
+        process_group_backend: "gloo" or "nccl" (default: nccl on CUDA, gloo otherwise).
+    """
+
+    name = "ddp"
+
+    def __init__(self, find_unused_parameters: bool = False, static_graph: bool = False,
+                 gradient_as_bucket_view: bool = False, timeout: timedelta = timedelta(minutes=30),
+                 process_group_backend: Optional[str] = None) -> None:
+        super().__init__()
+        if not isinstance(timeout, timedelta):
+            raise MisconfigurationError(f"DDP(timeout=...) must be a datetime.timedelta, got {timeout!r}")
+        if process_group_backend not in (None, "gloo", "nccl", "mpi", "ucc"):
+            raise MisconfigurationError(f"DDP(process_group_backend={process_group_backend!r}): choose 'gloo' or 'nccl'")
+        self.ddp_kwargs = dict(find_unused_parameters=find_unused_parameters, static_graph=static_graph,
+                               gradient_as_bucket_view=gradient_as_bucket_view)
+        self.timeout = timeout
+        self.process_group_backend = process_group_backend
+        self.cluster: Optional[ClusterEnvironment] = None
+        self._launcher: Optional[LocalLauncher] = None
+        self._owns_group = False
+
+    # ------------------------------------------------------------------ processes
+    @property
+    def world_size(self) -> int:
+        return self.cluster.world_size if self.cluster else 1
+
+    @property
+    def global_rank(self) -> int:
+        return self.cluster.global_rank if self.cluster else 0
+
+    @property
+    def local_rank(self) -> int:
+        return self.cluster.local_rank if self.cluster else 0
+
+    @property
+    def node_rank(self) -> int:
+        return self.cluster.node_rank if self.cluster else 0
+
+    def configure(self, accelerator, device_ids, num_nodes, precision) -> None:
+        # The ranks must be known before the device is picked (cuda:<local rank>).
+        self.cluster = detect_environment(len(device_ids), num_nodes)
+        rank_zero_only.rank = self.cluster.global_rank
+        super().configure(accelerator, device_ids, num_nodes, precision)
+
+    def launch(self, fn, *args, **kwargs):
+        """Start the other local ranks (once, on a plain ``python train.py``), then run ``fn`` here."""
+        if self._launcher is None and not self.cluster.creates_processes_externally and len(self.device_ids) > 1:
+            self._launcher = LocalLauncher(self.cluster, len(self.device_ids))
+            self._launcher.start()
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            # The other ranks would wait for this one in their next collective: stop them now.
+            if self._launcher is not None:
+                self._launcher.terminate()
+            raise
+
+    def setup_environment(self) -> None:
+        super().setup_environment()
+        watch_parent()
+        if not dist.is_available():
+            raise MisconfigurationError("strategy='ddp' needs torch.distributed, which this PyTorch build lacks")
+        if dist.is_initialized():  # the user's script (or an earlier stage) created it
+            return
+        c = self.cluster
+        os.environ.setdefault("MASTER_ADDR", c.main_address)
+        if c.main_port is not None:
+            os.environ["MASTER_PORT"] = str(c.main_port)
+        if "MASTER_PORT" not in os.environ:
+            raise MisconfigurationError("strategy='ddp' needs MASTER_PORT in the environment (the launcher sets it)")
+        backend = self.process_group_backend or ("nccl" if self.root_device.type == "cuda" else "gloo")
+        kwargs = {"device_id": self.root_device} if backend == "nccl" else {}
+        dist.init_process_group(backend, init_method="env://", rank=c.global_rank, world_size=c.world_size,
+                                timeout=self.timeout, **kwargs)
+        self._owns_group = True
+        # Destroyed when the process ends, not per stage: fit() then test() share one group, and
+        # re-creating it would need a fresh rendezvous port.
+        atexit.register(self._destroy_group)
+
+    def _destroy_group(self) -> None:
+        if self._owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+        self._owns_group = False
+
+    def setup_module(self, module: torch.nn.Module) -> None:
+        super().setup_module(module)
+        if not any(p.requires_grad for p in module.parameters()):
+            return  # nothing to synchronise (evaluation of a frozen model): DDP would refuse it anyway
+        device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
+        self.model = DistributedDataParallel(_StepRouter(module), device_ids=device_ids, **self.ddp_kwargs)
+
+    # ------------------------------------------------------------------ the step
+    def step(self, stage: str, *args) -> Any:
+        if stage == "training" and isinstance(self.model, DistributedDataParallel):
+            with self.precision.autocast():
+                return self.model(stage, *args)
+        # Evaluation needs no gradient hooks: call the module directly.
+        return super().step(stage, *args)
+
+    def no_backward_sync(self, active: bool):
+        if active and isinstance(self.model, DistributedDataParallel):
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ collectives
+    def _collective_device(self) -> torch.device:
+        return self.root_device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def barrier(self, name: str = "") -> None:
+        if dist.is_initialized():
+            if dist.get_backend() == "nccl":
+                dist.barrier(device_ids=[self.root_device.index])
+            else:
+                dist.barrier()
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        if not dist.is_initialized():
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=src, device=self._collective_device())
+        return box[0]
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        if not dist.is_initialized():
+            return tensor.unsqueeze(0)
+        tensor = tensor.contiguous()
+        out = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(out, tensor)
+        return torch.stack(out)
+
+    def reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
+        if op not in _OPS:
+            raise MisconfigurationError(f"reduce op must be one of {', '.join(_OPS)}, got {op!r}")
+        if not dist.is_initialized():
+            return tensor
+        # all_reduce works in place: reduce a copy so the caller's tensor keeps its own value.
+        out = tensor.detach().clone()
+        if op == "mean" and not out.is_floating_point():
+            out = out.float()
+        dist.all_reduce(out, op=_OPS[op])
+        return out / self.world_size if op == "mean" else out
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        if not dist.is_initialized():
+            return decision
+        votes = torch.tensor(int(bool(decision)), device=self._collective_device())
+        dist.all_reduce(votes, op=dist.ReduceOp.SUM)
+        return bool(votes == self.world_size) if all else bool(votes > 0)
+
+    # ------------------------------------------------------------------ data
+    def process_dataloader(self, loader, stage: str):
+        """Give this process its share of a map-style ``DataLoader``: a ``DistributedSampler``.
+
+        It shuffles only if the user's loader shuffled (a ``RandomSampler``), with the seed of
+        ``seed_everything`` so every rank draws the same permutation; the Trainer calls
+        ``set_epoch`` each epoch. ``drop_last=False``: the last batches are padded with repeated
+        samples so that every rank runs the same number of steps.
+        """
+        from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler, SequentialSampler
+
+        from ..data import rebuild_dataloader
+
+        if not self.use_distributed_sampler or self.world_size == 1 or not isinstance(loader, DataLoader):
+            return loader
+        if isinstance(loader.dataset, IterableDataset) or isinstance(loader.sampler, DistributedSampler):
+            return loader  # an iterable dataset splits itself; a DistributedSampler is the user's own
+        if loader.batch_size is None or not isinstance(loader.sampler, (RandomSampler, SequentialSampler)):
+            rank_zero_warn(f"the {stage} dataloader has a custom sampler or batch_sampler; surge leaves it as is, so "
+                           f"every rank sees the data that sampler gives (set a DistributedSampler yourself, or pass "
+                           f"use_distributed_sampler=False to silence this)")
+            return loader
+        shuffle = stage == "train" and isinstance(loader.sampler, RandomSampler)
+        sampler = DistributedSampler(loader.dataset, num_replicas=self.world_size, rank=self.global_rank,
+                                     shuffle=shuffle, seed=int(os.environ.get("SURGE_GLOBAL_SEED", 0)), drop_last=False)
+        return rebuild_dataloader(loader, sampler=sampler)
+
+    def gather_predictions(self, outputs: list, loader) -> list:
+        """Every rank's ``predict_step`` outputs, on every rank, in dataset order without the sampler's padding.
+
+        Works when each output is a tensor whose first dimension is the batch and the loader has an
+        unshuffled ``DistributedSampler`` (what ``process_dataloader`` puts in): rank r holds samples
+        r, r + W, r + 2W, ... so interleaving the ranks' rows restores the order. The result is split
+        into batches of the global batch size (per-rank batch size x world size), one per step.
+        Other outputs are returned as they are: this rank's own, in its sampler's order.
+        """
+        from torch.utils.data import DistributedSampler
+
+        sampler = getattr(loader, "sampler", None)
+        if not dist.is_initialized() or self.world_size == 1 or not isinstance(sampler, DistributedSampler) \
+                or sampler.shuffle or not outputs:
+            return outputs
+        tensors = all(isinstance(o, torch.Tensor) and o.dim() > 0 for o in outputs)
+        if not self.reduce_boolean_decision(tensors, all=True):
+            rank_zero_warn("predict under DDP returns each rank's own predictions: they are not all tensors with a "
+                           "batch dimension, so surge cannot put them back in dataset order")
+            return outputs
+        device = outputs[0].device
+        mine = torch.cat([o.detach().cpu() for o in outputs])
+        everyone = [None] * self.world_size
+        dist.all_gather_object(everyone, mine)
+        if len({t.shape for t in everyone}) != 1:  # e.g. limit_predict_batches cut the ranks unevenly
+            return outputs
+        # Row k of rank r is sample r + k * W: stacking on dim 1 and flattening interleaves them.
+        rows = torch.stack(everyone, dim=1).flatten(0, 1)[: len(sampler.dataset)]
+        return list(rows.to(device).split(loader.batch_size * self.world_size))
+
+    # ------------------------------------------------------------------ checkpoints
+    def module_state_dict(self) -> dict:
+        return self.module.state_dict()  # the user's module: keys without DDP's "module." prefix
+
+    def __repr__(self) -> str:
+        return f"DDP(rank={self.global_rank}/{self.world_size}, device={self.root_device})"
