@@ -9,29 +9,29 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import warnings
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 
 from . import trainer_args as targs
 from .accelerators import parse_devices, resolve_accelerator
 from .callbacks.base import Callback
-from .checkpoint import CheckpointError, load_checkpoint, load_module_state, save_checkpoint
-from .data import batch_size_of, check_limit, num_batches, rebuild_dataloader
+from .data import batch_size_of, check_limit
 from .datamodule import DataModule, _overrides
+from .evaluation import STAGE_PREFIX, EvaluationLoops
 from .module import Module
 from .optim import OptimizerHandle, SchedulerConfig, parse_optimizers
 from .precision import normalize_precision
 from .results import Results
 from .state import TrainerState
+from .trainer_checkpoint import CheckpointHandling
+from .trainer_data import DataHandling
 from .strategies.strategy import Strategy, get_strategy
-from .utils import MisconfigurationError, SurgeError, rank_zero_info, rank_zero_warn
-
-_STAGE_PREFIX = {"validate": "validation", "sanity_check": "validation", "test": "test", "predict": "predict"}
+from .utils import MisconfigurationError, SurgeError, rank_zero_warn
 
 
-class Trainer:
+
+class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
     """Runs the training, evaluation and prediction of a :class:`surge.Module`.
 
     Example::
@@ -445,8 +445,8 @@ class Trainer:
         if stage == "fit":
             _require_hook(model, "training_step")
             _require_hook(model, "configure_optimizers")
-        if stage in ("validate", "test") and not _has_step(model, f"{_STAGE_PREFIX[stage]}_step"):
-            raise MisconfigurationError(f"trainer.{stage}() needs {type(model).__name__}.{_STAGE_PREFIX[stage]}_step, which is not defined")
+        if stage in ("validate", "test") and not _has_step(model, f"{STAGE_PREFIX[stage]}_step"):
+            raise MisconfigurationError(f"trainer.{stage}() needs {type(model).__name__}.{STAGE_PREFIX[stage]}_step, which is not defined")
         self.module = model
         model.trainer = self
         self.datamodule = datamodule
@@ -781,24 +781,6 @@ class Trainer:
             self._results.hook = "lr_scheduler_step"
             self.module.lr_scheduler_step(config.scheduler, metric)
 
-    def _step_pending_epoch_schedulers(self, metrics: dict) -> None:
-        """Take the epoch-interval scheduler step that an end-of-epoch checkpoint was written before."""
-        if not self.module.automatic_optimization:
-            return
-        for config in self.lr_scheduler_configs:
-            if config.interval != "epoch" or self.state.epoch % config.frequency:
-                continue
-            metric = None
-            if config.monitor is not None:
-                if config.monitor not in metrics:
-                    rank_zero_warn(f"the LR scheduler monitors {config.monitor!r}, which the checkpoint did not record; "
-                                   f"not stepping it for the epoch before the resume")
-                    continue
-                metric = torch.tensor(metrics[config.monitor])
-            with warnings.catch_warnings():  # no optimizer.step() yet in this process, which torch would flag
-                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-                self.module.lr_scheduler_step(config.scheduler, metric)
-
     def _val_due(self, batch_idx: int, limit, end_of_epoch: bool) -> bool:
         if not self.val_dataloaders or not any(n != 0 for n in self.num_val_batches):
             return False
@@ -841,93 +823,6 @@ class Trainer:
         self.callback_metrics.clear()
         self.logged_metrics.clear()
         self.progress_bar_metrics.clear()
-
-    # ================================================================== evaluation and prediction
-    def _evaluate_stage(self, stage: str) -> list[dict]:
-        key = "val" if stage == "validate" else "test"
-        loaders = self._loaders(key)
-        counts = self.num_val_batches if stage == "validate" else self.num_test_batches
-        if stage == "validate":
-            self.val_dataloaders = loaders
-        else:
-            self.test_dataloaders = loaders
-        per_loader = self._run_eval(stage, loaders, counts)
-        if self._verbose and self.is_global_zero:
-            _print_results(stage, per_loader)
-        return per_loader
-
-    def _run_eval(self, stage: str, loaders: list, limits: list, sanity: bool = False) -> list[dict]:
-        """One epoch of validation or test over every loader; returns the epoch metrics per loader."""
-        module, prefix = self.module, _STAGE_PREFIX[stage]
-        step_name = f"{prefix}_step"
-        self._results = results = Results(stage, self.strategy)
-        was_training = module.training
-        module.eval()
-        grad_ctx = torch.inference_mode if self.inference_mode else torch.no_grad
-        per_loader_keys = []
-        with grad_ctx():
-            self._call(f"on_{prefix}_start")
-            self._call(f"on_{prefix}_epoch_start")
-            many = len(loaders) > 1
-            for dl_idx, loader in enumerate(loaders):
-                results.dataloader_idx = dl_idx if many else None
-                before = set(results.metrics)
-                extra = (dl_idx,) if many else ()
-                limit = limits[dl_idx]
-                for batch_idx, batch in enumerate(loader):
-                    if limit is not None and batch_idx >= limit:
-                        break
-                    batch = self._to_device(batch, dl_idx)
-                    results.batch_size = batch_size_of(batch)
-                    self._call(f"on_{prefix}_batch_start", batch, batch_idx, *extra)
-                    results.hook = step_name
-                    output = self.strategy.step(prefix, batch, batch_idx, *extra)
-                    self._call(f"on_{prefix}_batch_end", output, batch, batch_idx, *extra)
-                    self._eval_step_metrics(results, write=not sanity)
-                per_loader_keys.append(set(results.metrics) - before)
-            results.dataloader_idx = None
-            self._call(f"on_{prefix}_epoch_end")
-            epoch = self._epoch_end(stage, log=not sanity)
-            self._call(f"on_{prefix}_end")
-        module.train(was_training)
-        if len(loaders) <= 1:
-            return [{k: float(v) for k, v in epoch.items()}]
-        # As in Lightning: a loader's dict holds what it logged, plus every key without a dataloader suffix
-        # (logged with add_dataloader_idx=False by any loader, or from an epoch-end hook).
-        return [{k: float(v) for k, v in epoch.items() if k in keys or "/dataloader_idx_" not in k}
-                for keys in per_loader_keys]
-
-    def _predict_loop(self):
-        loaders = self._loaders("predict")
-        self.predict_dataloaders = loaders
-        module = self.module
-        self._results = Results("predict", self.strategy)
-        module.eval()
-        all_outputs = []
-        with torch.inference_mode() if self.inference_mode else torch.no_grad():
-            self._call("on_predict_start")
-            self._call("on_predict_epoch_start")
-            many = len(loaders) > 1
-            for dl_idx, loader in enumerate(loaders):
-                outputs = []
-                extra = (dl_idx,) if many else ()
-                limit = self.num_predict_batches[dl_idx]
-                for batch_idx, batch in enumerate(loader):
-                    if limit is not None and batch_idx >= limit:
-                        break
-                    batch = self._to_device(batch, dl_idx)
-                    self._call("on_predict_batch_start", batch, batch_idx, *extra)
-                    self._results.hook = "predict_step"
-                    out = self.strategy.step("predict", batch, batch_idx, *extra)
-                    self._call("on_predict_batch_end", out, batch, batch_idx, *extra)
-                    if self._return_predictions:
-                        outputs.append(out)
-                all_outputs.append(self.strategy.gather_predictions(outputs, loader) if self._return_predictions else outputs)
-            self._call("on_predict_epoch_end")
-            self._call("on_predict_end")
-        if not self._return_predictions:
-            return None
-        return all_outputs[0] if len(all_outputs) == 1 else all_outputs
 
     # ================================================================== metrics
     def _log_step_metrics(self) -> None:
@@ -1021,225 +916,6 @@ class Trainer:
             for lg in self.loggers:
                 lg.log_hyperparams(params)
 
-    # ================================================================== data
-    def _loader(self, kind: str):
-        """The training dataloader for this process, with its batch count set."""
-        loaders = self._loaders(kind)
-        if len(loaders) != 1:
-            raise MisconfigurationError(f"fit() takes one training dataloader, got {len(loaders)}")
-        return loaders[0]
-
-    def _loaders(self, kind: str) -> list:
-        given = self._given_loaders.get(kind)
-        source = f"the {kind}_dataloaders argument"
-        if given is None:
-            holder = self.datamodule if self.datamodule is not None else self.module
-            base = DataModule if holder is self.datamodule else None
-            fn_name = f"{kind}_dataloader"
-            fn = getattr(holder, fn_name, None)
-            if fn is None or (base is not None and not _overrides(holder, fn_name, base)):
-                if kind == "train":
-                    raise MisconfigurationError(
-                        "fit() has no training data: pass train_dataloaders, a datamodule with train_dataloader(), "
-                        "or define train_dataloader() on the module"
-                    )
-                if kind in ("test", "predict"):
-                    raise MisconfigurationError(f"trainer.{'test' if kind == 'test' else 'predict'}() has no data: pass "
-                                                f"dataloaders or a datamodule with {fn_name}()")
-                self._set_counts(kind, [])
-                return []
-            self._results.hook = fn_name
-            given = fn()
-            source = f"{type(holder).__name__}.{fn_name}()"
-        loaders = list(given.values()) if isinstance(given, dict) else \
-            list(given) if isinstance(given, (list, tuple)) else [given]
-        for loader in loaders:
-            if not isinstance(loader, Iterable):
-                raise MisconfigurationError(f"{source} gave a {type(loader).__name__}, which is not iterable; expected a DataLoader")
-        if kind == "train" and self.overfit_batches > 0:
-            loaders = [rebuild_dataloader(ld, shuffle=False) if isinstance(ld, torch.utils.data.DataLoader) else ld
-                       for ld in loaders]
-        loaders = [self.strategy.process_dataloader(ld, kind) for ld in loaders]
-        self._set_counts(kind, loaders)
-        if kind == "train":
-            self.num_training_batches = self._count(loaders[0], "train")
-            if self.num_training_batches == 0:
-                raise SurgeError("the training dataloader has no batches (len() == 0 or limit_train_batches=0)")
-        return loaders
-
-    def _set_counts(self, kind: str, loaders: list) -> None:
-        counts = [self._count(ld, kind) for ld in loaders]
-        if kind == "val":
-            self.num_val_batches = counts
-        elif kind == "test":
-            self.num_test_batches = counts
-        elif kind == "predict":
-            self.num_predict_batches = counts
-
-    def _count(self, loader, kind: str):
-        limit_name = {"train": "limit_train_batches", "val": "limit_val_batches", "test": "limit_test_batches",
-                      "predict": "limit_predict_batches"}[kind]
-        return num_batches(loader, getattr(self, limit_name), limit_name)
-
-    def _to_device(self, batch, dataloader_idx: int):
-        module = self.module
-        # "64-true", "bf16-true", "16-true": floating inputs take the parameters' dtype (a no-op otherwise).
-        convert = self.strategy.precision.convert_input
-        if self._transfer_is_noop:
-            return convert(batch)
-        dm = self.datamodule
-        if dm is not None:
-            batch = dm.on_before_batch_transfer(batch, dataloader_idx)
-        batch = module.on_before_batch_transfer(batch, dataloader_idx)
-        batch = self.strategy.batch_to_device(batch, module, dataloader_idx)
-        if dm is not None:
-            batch = dm.on_after_batch_transfer(batch, dataloader_idx)
-        return convert(module.on_after_batch_transfer(batch, dataloader_idx))
-
-    # ================================================================== checkpoints
-    def save_checkpoint(self, filepath: str, weights_only: bool = False) -> None:
-        """Write a checkpoint of the run to ``filepath`` atomically (rank 0 writes; all ranks wait)."""
-        checkpoint = self._checkpoint_dict(weights_only)
-        if self.is_global_zero:
-            save_checkpoint(checkpoint, filepath)
-        self.strategy.barrier("save_checkpoint")
-
-    def _checkpoint_dict(self, weights_only: bool = False) -> dict:
-        from . import __version__
-        from .checkpoint import FORMAT_KEY, FORMAT_VERSION
-        from .seed import capture_rng_state
-
-        module = self.module
-        state = self.state.state_dict()
-        if self._epoch_finished:
-            # Saved after the epoch's last batch: a resume starts the next epoch.
-            state.update(epoch=self.state.epoch + 1, batch_idx=0)
-        hparams, skipped = module._plain_hparams()
-        if skipped:
-            rank_zero_warn(f"hyperparameters {skipped} are not plain data and are not saved in the checkpoint; "
-                           f"pass them to load_from_checkpoint(...) yourself")
-        ckpt = {
-            FORMAT_KEY: FORMAT_VERSION,
-            "surge_version": __version__,
-            "torch_version": str(torch.__version__),
-            "epoch": self.state.epoch,
-            "global_step": self.state.global_step,
-            "state_dict": self.strategy.module_state_dict(),
-            "hyper_parameters": hparams,
-        }
-        if not weights_only:
-            ckpt["trainer_state"] = state
-            ckpt["optimizer_states"] = [self.strategy.optimizer_state_dict(o) for o in self.optimizers]
-            ckpt["lr_schedulers"] = [c.scheduler.state_dict() for c in self.lr_scheduler_configs]
-            ckpt["precision"] = self.strategy.precision.state_dict()
-            ckpt["callbacks"] = {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_dict()}
-            ckpt["loggers"] = [lg.state_dict() for lg in self.loggers]
-            ckpt["rng"] = capture_rng_state()
-            if self._epoch_finished:
-                # End-of-epoch checkpoints are written before that epoch's schedulers step; the resume steps them.
-                ckpt["epoch_schedulers_pending"] = {
-                    c.monitor: float(self.callback_metrics[c.monitor]) for c in self.lr_scheduler_configs
-                    if c.interval == "epoch" and c.monitor is not None and c.monitor in self.callback_metrics}
-            if self.datamodule is not None:
-                ckpt["datamodule"] = self.datamodule.state_dict()
-                ckpt["datamodule_hyper_parameters"] = self.datamodule._plain_hparams()[0]
-        module.on_save_checkpoint(ckpt)
-        for cb in self.callbacks:
-            cb.on_save_checkpoint(self, module, ckpt)
-        return ckpt
-
-    def _resolve_ckpt_path(self, ckpt_path, stage: str) -> Optional[str]:
-        if ckpt_path is None:
-            return None
-        if ckpt_path == "best":
-            cb = self.checkpoint_callback
-            if cb is None or not cb.best_model_path:
-                raise MisconfigurationError(
-                    f'ckpt_path="best" but no best checkpoint exists yet'
-                    + ("" if cb is not None else " (checkpointing is disabled)")
-                    + "; run fit() with a ModelCheckpoint first, or pass a file path"
-                )
-            return cb.best_model_path
-        if ckpt_path == "last":
-            found = self._find_last_checkpoint()
-            if found is None:
-                if stage == "fit":
-                    rank_zero_warn('ckpt_path="last" found no checkpoint; starting from scratch')
-                    return None
-                raise MisconfigurationError(f'ckpt_path="last" found no checkpoint under {self.default_root_dir!r}')
-            return found
-        if not isinstance(ckpt_path, (str, os.PathLike)):
-            raise MisconfigurationError(f'ckpt_path must be "last", "best" or a file path, got {ckpt_path!r}')
-        return os.fspath(ckpt_path)
-
-    def _find_last_checkpoint(self) -> Optional[str]:
-        candidates = []
-        for cb in self.checkpoint_callbacks:
-            if cb.last_model_path and os.path.isfile(cb.last_model_path):
-                candidates.append(cb.last_model_path)
-            candidates.extend(cb.find_existing(self))
-        roots = {self.default_root_dir}
-        found = []
-        for root in roots:
-            for dirpath, _, files in os.walk(root):
-                if os.path.basename(dirpath) == "checkpoints":
-                    found.extend(os.path.join(dirpath, f) for f in files if f.endswith(".ckpt") and not f.startswith("."))
-        candidates.extend(found)
-        candidates = [c for c in candidates if os.path.isfile(c)]
-        if not candidates:
-            return None
-        return max(candidates, key=lambda p: (os.path.getmtime(p), os.path.basename(p).startswith("last")))
-
-    def _load_for_stage(self, stage: str, ckpt_path) -> None:
-        path = self._resolve_ckpt_path(ckpt_path, stage)
-        self._ckpt_path = path
-        if path is None:
-            return
-        ckpt = load_checkpoint(path, map_location=self.strategy.root_device)
-        module = self.module
-        module.on_load_checkpoint(ckpt)
-        load_module_state(self.strategy.module, ckpt["state_dict"], strict=True, path=path)
-        for cb in self.callbacks:
-            cb.on_load_checkpoint(self, module, ckpt)
-        if stage != "fit":
-            return
-        if "trainer_state" not in ckpt:
-            raise CheckpointError(f"checkpoint {path!r} holds weights only (saved with weights_only=True); it cannot resume fit")
-        opt_states = ckpt.get("optimizer_states", [])
-        if len(opt_states) != len(self.optimizers):
-            raise CheckpointError(f"checkpoint {path!r} has {len(opt_states)} optimizer states but configure_optimizers "
-                                  f"returned {len(self.optimizers)} optimizers")
-        for opt, st in zip(self.optimizers, opt_states):
-            opt.load_state_dict(st)
-        sched_states = ckpt.get("lr_schedulers", [])
-        if len(sched_states) != len(self.lr_scheduler_configs):
-            raise CheckpointError(f"checkpoint {path!r} has {len(sched_states)} LR scheduler states but "
-                                  f"configure_optimizers returned {len(self.lr_scheduler_configs)}")
-        for config, st in zip(self.lr_scheduler_configs, sched_states):
-            config.scheduler.load_state_dict(st)
-        self.strategy.precision.load_state_dict(ckpt.get("precision", {}))
-        self.state.load_state_dict(ckpt["trainer_state"])
-        self.state.stage = "fit"
-        self.state.should_stop = False
-        if "epoch_schedulers_pending" in ckpt:
-            self._step_pending_epoch_schedulers(ckpt["epoch_schedulers_pending"])
-        # Loggers first: they bring back the run's version folder, which the default checkpoint folder follows.
-        for lg, st in zip(self.loggers, ckpt.get("loggers", [])):
-            lg.load_state_dict(st)
-        for cb in self.checkpoint_callbacks:
-            cb._resolve_dirpath(self)
-        callback_states = ckpt.get("callbacks", {})
-        for cb in self.callbacks:
-            if cb.state_key in callback_states:
-                cb.load_state_dict(callback_states[cb.state_key])
-        if self.datamodule is not None and "datamodule" in ckpt:
-            self.datamodule.load_state_dict(ckpt["datamodule"])
-        if "rng" in ckpt:
-            from .seed import restore_rng_state
-
-            restore_rng_state(ckpt["rng"])
-
-
 # ====================================================================== module checks
 def _has_step(module, name: str) -> bool:
     return callable(getattr(module, name, None))
@@ -1284,20 +960,3 @@ def _detached_output(output):
     if isinstance(output, dict):
         return {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in output.items()}
     return output
-
-
-def _print_results(stage: str, per_loader: list[dict]) -> None:
-    rows = [(f"{k}" + (f" (dataloader {i})" if len(per_loader) > 1 else ""), v)
-            for i, metrics in enumerate(per_loader) for k, v in sorted(metrics.items())]
-    if not rows:
-        return
-    width = max(len(r[0]) for r in rows)
-    title = f"{stage} metric"
-    width = max(width, len(title))
-    line = "-" * (width + 18)
-    print(line)
-    print(f"{title:<{width}}   value")
-    print(line)
-    for k, v in rows:
-        print(f"{k:<{width}}   {v:.6g}")
-    print(line, flush=True)

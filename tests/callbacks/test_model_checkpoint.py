@@ -149,7 +149,7 @@ def test_filename_without_metric_names(tmp_path):
 
 def test_save_weights_only(tmp_path):
     cb = ModelCheckpoint(save_weights_only=True, save_last=True)
-    t = run(tmp_path, [cb], max_epochs=1)
+    run(tmp_path, [cb], max_epochs=1)
     for name in ckpts(cb.dirpath):
         ck = torch.load(os.path.join(cb.dirpath, name), weights_only=True)
         assert "optimizer_states" not in ck and "lr_schedulers" not in ck and "trainer_state" not in ck

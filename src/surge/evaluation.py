@@ -1,0 +1,116 @@
+"""The validation, test and predict loops (one epoch over each dataloader), part of the Trainer."""
+from __future__ import annotations
+
+import torch
+
+from .data import batch_size_of
+from .results import Results
+
+STAGE_PREFIX = {"validate": "validation", "sanity_check": "validation", "test": "test", "predict": "predict"}
+
+
+class EvaluationLoops:
+    """Trainer methods that run validation, test and prediction; mixed into :class:`surge.Trainer`."""
+
+    def _evaluate_stage(self, stage: str) -> list[dict]:
+        key = "val" if stage == "validate" else "test"
+        loaders = self._loaders(key)
+        counts = self.num_val_batches if stage == "validate" else self.num_test_batches
+        if stage == "validate":
+            self.val_dataloaders = loaders
+        else:
+            self.test_dataloaders = loaders
+        per_loader = self._run_eval(stage, loaders, counts)
+        if self._verbose and self.is_global_zero:
+            _print_results(stage, per_loader)
+        return per_loader
+
+    def _run_eval(self, stage: str, loaders: list, limits: list, sanity: bool = False) -> list[dict]:
+        """One epoch of validation or test over every loader; returns the epoch metrics per loader."""
+        module, prefix = self.module, STAGE_PREFIX[stage]
+        step_name = f"{prefix}_step"
+        self._results = results = Results(stage, self.strategy)
+        was_training = module.training
+        module.eval()
+        grad_ctx = torch.inference_mode if self.inference_mode else torch.no_grad
+        per_loader_keys = []
+        with grad_ctx():
+            self._call(f"on_{prefix}_start")
+            self._call(f"on_{prefix}_epoch_start")
+            many = len(loaders) > 1
+            for dl_idx, loader in enumerate(loaders):
+                results.dataloader_idx = dl_idx if many else None
+                before = set(results.metrics)
+                extra = (dl_idx,) if many else ()
+                limit = limits[dl_idx]
+                for batch_idx, batch in enumerate(loader):
+                    if limit is not None and batch_idx >= limit:
+                        break
+                    batch = self._to_device(batch, dl_idx)
+                    results.batch_size = batch_size_of(batch)
+                    self._call(f"on_{prefix}_batch_start", batch, batch_idx, *extra)
+                    results.hook = step_name
+                    output = self.strategy.step(prefix, batch, batch_idx, *extra)
+                    self._call(f"on_{prefix}_batch_end", output, batch, batch_idx, *extra)
+                    self._eval_step_metrics(results, write=not sanity)
+                per_loader_keys.append(set(results.metrics) - before)
+            results.dataloader_idx = None
+            self._call(f"on_{prefix}_epoch_end")
+            epoch = self._epoch_end(stage, log=not sanity)
+            self._call(f"on_{prefix}_end")
+        module.train(was_training)
+        if len(loaders) <= 1:
+            return [{k: float(v) for k, v in epoch.items()}]
+        # As in Lightning: a loader's dict holds what it logged, plus every key without a dataloader suffix
+        # (logged with add_dataloader_idx=False by any loader, or from an epoch-end hook).
+        return [{k: float(v) for k, v in epoch.items() if k in keys or "/dataloader_idx_" not in k}
+                for keys in per_loader_keys]
+
+    def _predict_loop(self):
+        loaders = self._loaders("predict")
+        self.predict_dataloaders = loaders
+        module = self.module
+        self._results = Results("predict", self.strategy)
+        module.eval()
+        all_outputs = []
+        with torch.inference_mode() if self.inference_mode else torch.no_grad():
+            self._call("on_predict_start")
+            self._call("on_predict_epoch_start")
+            many = len(loaders) > 1
+            for dl_idx, loader in enumerate(loaders):
+                outputs = []
+                extra = (dl_idx,) if many else ()
+                limit = self.num_predict_batches[dl_idx]
+                for batch_idx, batch in enumerate(loader):
+                    if limit is not None and batch_idx >= limit:
+                        break
+                    batch = self._to_device(batch, dl_idx)
+                    self._call("on_predict_batch_start", batch, batch_idx, *extra)
+                    self._results.hook = "predict_step"
+                    out = self.strategy.step("predict", batch, batch_idx, *extra)
+                    self._call("on_predict_batch_end", out, batch, batch_idx, *extra)
+                    if self._return_predictions:
+                        outputs.append(out)
+                all_outputs.append(self.strategy.gather_predictions(outputs, loader) if self._return_predictions else outputs)
+            self._call("on_predict_epoch_end")
+            self._call("on_predict_end")
+        if not self._return_predictions:
+            return None
+        return all_outputs[0] if len(all_outputs) == 1 else all_outputs
+
+
+def _print_results(stage: str, per_loader: list[dict]) -> None:
+    rows = [(f"{k}" + (f" (dataloader {i})" if len(per_loader) > 1 else ""), v)
+            for i, metrics in enumerate(per_loader) for k, v in sorted(metrics.items())]
+    if not rows:
+        return
+    width = max(len(r[0]) for r in rows)
+    title = f"{stage} metric"
+    width = max(width, len(title))
+    line = "-" * (width + 18)
+    print(line)
+    print(f"{title:<{width}}   value")
+    print(line)
+    for k, v in rows:
+        print(f"{k:<{width}}   {v:.6g}")
+    print(line, flush=True)
