@@ -1,6 +1,7 @@
 """Seeding and random-number-generator state, for reproducible and resumable runs."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from typing import Optional
@@ -83,6 +84,16 @@ def restore_rng_state(state: dict) -> None:
         np.random.set_state((s["kind"], s["keys"].numpy().astype("uint32"), s["pos"], s["has_gauss"], s["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Run a block without disturbing the random streams of the code around it."""
+    state = capture_rng_state()
+    try:
+        yield
+    finally:
+        restore_rng_state(state)
 
 
 def _python_state_to_plain(st):

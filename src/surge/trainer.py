@@ -23,11 +23,16 @@ from .module import Module
 from .optim import OptimizerHandle, SchedulerConfig, parse_optimizers
 from .precision import normalize_precision
 from .results import Results
+from . import resume
+from .seed import preserved_rng, restore_rng_state
+from .preemption import PreemptionHandler
 from .state import TrainerState
 from .trainer_checkpoint import CheckpointHandling
 from .trainer_data import DataHandling
 from .strategies.strategy import Strategy, get_strategy
-from .utils import MisconfigurationError, SurgeError, rank_zero_warn
+from . import anomaly
+from .profiler import NO_PROFILE, resolve_profiler
+from .utils import MisconfigurationError, SurgeError, rank_zero_info, rank_zero_warn
 
 
 
@@ -66,6 +71,9 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
         default_root_dir: where logs and checkpoints go when no logger or callback says (default: cwd).
         reload_dataloaders_every_n_epochs: call ``train_dataloader()`` again every n epochs.
         inference_mode: evaluate under ``torch.inference_mode`` (True) or ``torch.no_grad`` (False).
+        preemption_signals: signals that make fit finish its step, save ``last.ckpt`` and exit (empty: none).
+        requeue_exit_code: the exit code after such a save (143, as for SIGTERM, tells schedulers to requeue).
+        profiler: None, "simple", "advanced", "pytorch" or a :class:`surge.profiler.Profiler` (docs/instruments.md).
     """
 
     def __init__(
@@ -105,6 +113,9 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
         default_root_dir: Optional[str] = None,
         reload_dataloaders_every_n_epochs: int = 0,
         inference_mode: bool = True,
+        profiler: Any = None,
+        preemption_signals=("SIGTERM", "SIGUSR1"),
+        requeue_exit_code: int = 143,
         **legacy,
     ) -> None:
         known = set(inspect.signature(Trainer.__init__).parameters) - {"self", "legacy"}
@@ -175,6 +186,7 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
         self.strategy.use_distributed_sampler = use_distributed_sampler
         self.detect_anomaly = detect_anomaly
         self.inference_mode = inference_mode
+        self.profiler = resolve_profiler(profiler)
         self.deterministic = deterministic
         targs.check_choice("deterministic", deterministic, (None, True, False, "warn"))
         if deterministic:
@@ -212,6 +224,10 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
         self.num_predict_batches: list = []
         self.num_sanity_val_batches: list = []
         self._epoch_finished = False
+        self._resume_position: Optional[dict] = None  # where a mid-epoch checkpoint left the data
+        self._epoch_loader_state: Optional[dict] = None
+        self._tracker = None
+        self._preemption = PreemptionHandler(preemption_signals, requeue_exit_code)
         self._grads_pending: set[int] = set()  # indices of optimizers holding gradients not yet stepped
         self._ckpt_path: Optional[str] = None
         self._hooks: dict[str, list] = {}
@@ -477,7 +493,10 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
                 self.val_dataloaders = self._loaders("val") if _has_step(module, "validation_step") else []
                 self._configure_optimizers()
             self._load_for_stage(stage, ckpt_path)
+            if self.profiler is not None:  # here: a resume may have changed log_dir, where traces go
+                self.profiler.setup(self, stage)
             if stage == "fit":
+                self._preemption.install()
                 result = self._fit_loop()
             elif stage == "predict":
                 result = self._predict_loop()
@@ -492,6 +511,11 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
                 cb.on_exception(self, module, err)
             raise
         finally:
+            if self.profiler is not None:
+                self.profiler.teardown(stage)
+            if stage == "fit":
+                self._preemption.uninstall()
+                resume.uninstall(self.train_dataloader)
             if stage == "fit" and self.is_global_zero:
                 for lg in self.loggers:
                     lg.finalize(status)
@@ -568,15 +592,16 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
             base = getattr(Callback, name)
             fns = self._hooks[name] = [getattr(cb, name) for cb in self.callbacks
                                        if getattr(type(cb), name, base) is not base]
-        for fn in fns:
-            try:
-                fn(self, self.module, *args)
-            except Exception as err:
-                if hasattr(err, "add_note"):  # Python 3.11+: name the callback under the original traceback
-                    err.add_note(f"(raised by callback {type(fn.__self__).__name__}.{name})")
-                raise
-        fn = getattr(self.module, name, None)
-        return fn(*args) if fn is not None else None
+        with NO_PROFILE if self.profiler is None else self.profiler.profile(name):
+            for fn in fns:
+                try:
+                    fn(self, self.module, *args)
+                except Exception as err:
+                    if hasattr(err, "add_note"):  # Python 3.11+: name the callback under the original traceback
+                        err.add_note(f"(raised by callback {type(fn.__self__).__name__}.{name})")
+                    raise
+            fn = getattr(self.module, name, None)
+            return fn(*args) if fn is not None else None
 
     # ================================================================== the fit loop
     def _fit_loop(self) -> None:
@@ -622,10 +647,12 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
             self.train_dataloader.sampler.set_epoch(state.epoch)
         module.train()
         self._call("on_train_epoch_start")
-        skip = state.batch_idx  # a mid-epoch resume continues after the batches already used
+        skip, read_and_drop = self._position_epoch()
         batch_idx, exhausted = -1, True
-        for batch_idx, batch in enumerate(self.train_dataloader):
+        for batch_idx, batch in enumerate(self.train_dataloader, start=0 if read_and_drop else skip):
             if batch_idx < skip:
+                if batch_idx + 1 == skip:
+                    restore_rng_state(self._resume_position.pop("continue_state"))
                 continue
             if limit is not None and batch_idx >= limit:
                 batch_idx -= 1
@@ -635,7 +662,8 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
             if self._call("on_train_batch_start", batch, batch_idx) == -1:
                 batch_idx -= 1
                 break
-            output = self._train_batch(batch, batch_idx, last=limit is not None and batch_idx + 1 == limit)
+            with NO_PROFILE if self.profiler is None else self.profiler.profile("run_training_batch"):
+                output = self._train_batch(batch, batch_idx, last=limit is not None and batch_idx + 1 == limit)
             state.batch_idx = batch_idx + 1
             state.batches_seen += 1
             self._update_step_metrics()  # on_train_batch_end (ModelCheckpoint, the bar) sees this step's values
@@ -643,6 +671,8 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
             self._log_step_metrics()
             if self._val_due(batch_idx, limit, end_of_epoch=False):
                 self._validation_in_fit()
+            if not self._grads_pending and self._preemption.due(self):
+                self._preempt()
             if state.should_stop or (self.max_steps != -1 and state.global_step >= self.max_steps):
                 exhausted = limit is not None and batch_idx + 1 >= limit
                 break
@@ -660,6 +690,40 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
         if exhausted:
             self._step_schedulers("epoch")
 
+    def _preempt(self) -> None:
+        """Save ``last.ckpt`` where ``fit(ckpt_path="last")`` finds it, then exit with the requeue code."""
+        callback = self.checkpoint_callback
+        folder = callback.dirpath if callback is not None and callback.dirpath else os.path.join(self.default_root_dir, "checkpoints")
+        path = os.path.join(folder, "last.ckpt")
+        self.save_checkpoint(path)
+        if callback is not None:
+            callback.last_model_path = path
+        received = self._preemption.received
+        rank_zero_info(f"surge: got {received.name if received else 'a preemption signal on another rank'}; saved {path} "
+                       f"at global step {self.global_step}; exiting with code {self._preemption.exit_code} for a requeue")
+        self._preemption.requeue(self)
+        raise SystemExit(self._preemption.exit_code)
+
+    def _position_epoch(self) -> tuple[int, bool]:
+        """Prepare the training loader for this epoch; return the batches to skip and whether they must be
+        read and dropped (loaders surge cannot skip inside) rather than skipped in the sampler."""
+        loader, skip = self.train_dataloader, self.state.batch_idx
+        self._tracker = tracker = resume.install(loader)
+        pos, self._resume_position = self._resume_position, None
+        if pos is None or skip == 0:
+            # Record how this epoch's iteration starts, for a checkpoint written inside it.
+            self._epoch_loader_state = resume._capture(loader)
+            return 0, False
+        self._epoch_loader_state = pos["loader_state"]
+        if pos["loader_state"] is not None:
+            resume._restore(pos["loader_state"], loader)
+        if tracker is not None and pos["sampler_state"] is not None and pos["batch_size"] == loader.batch_size:
+            tracker.resume(skip * loader.batch_size, pos["sampler_state"], pos["continue_state"])
+            return skip, False
+        resume.warn_fallback(loader)
+        self._resume_position = pos  # read back in the loop, after the skipped batches
+        return skip, True
+
     def _train_batch(self, batch, batch_idx: int, last: bool) -> Any:
         """Forward, backward and (at the end of an accumulation window) the optimizer step for one batch."""
         module, strategy = self.module, self.strategy
@@ -675,17 +739,26 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
                 module.toggle_optimizer(optimizer)
             # Gradients are synchronised across processes only on the last micro-batch of a window.
             with strategy.no_backward_sync(not boundary):
+                owns_backward = strategy.owns_backward  # a pipeline schedule runs backward inside its step
+                if owns_backward and opt_idx not in self._grads_pending:  # so zero before the step, not after
+                    self._call("on_before_zero_grad", optimizer)
+                    module.optimizer_zero_grad(self.state.epoch, batch_idx, optimizer)
                 self._results.hook = "training_step"
-                output = strategy.step("training", batch, batch_idx, *extra)
-                loss = _check_step_output(output, manual=False)
+                with NO_PROFILE if self.profiler is None else self.profiler.profile("training_step"):
+                    output = strategy.step("training", batch, batch_idx, *extra)
+                loss = _check_step_output(output, manual=False, needs_grad=not owns_backward)
                 if loss is not None:
                     self._check_finite(loss, batch_idx)
-                    if opt_idx not in self._grads_pending:  # first micro-batch of a window: zero, as Lightning does
+                    if opt_idx not in self._grads_pending and not owns_backward:  # first micro-batch of a window
                         self._call("on_before_zero_grad", optimizer)
                         module.optimizer_zero_grad(self.state.epoch, batch_idx, optimizer)
                     self._call("on_before_backward", loss)
-                    self._backward(loss / self.accumulate_grad_batches if self.accumulate_grad_batches > 1 else loss)
+                    if not owns_backward:
+                        self._backward(loss / self.accumulate_grad_batches if self.accumulate_grad_batches > 1 else loss)
                     self._call("on_after_backward")
+                    # fp16's grad scaler skips steps with inf gradients by design: not an anomaly there.
+                    if self.detect_anomaly and self.precision != "16-mixed":
+                        anomaly.check_gradients(module, self.state, batch_idx)
                     self._grads_pending.add(opt_idx)
             if self._step_takes_opt_idx:
                 module.untoggle_optimizer(optimizer)
@@ -713,7 +786,8 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
         """Clip and step one optimizer (its gradients are zeroed before the next window's first backward)."""
         optimizer = self.optimizers[opt_idx]
         self._before_optimizer_step(optimizer)
-        self.strategy.optimizer_step(optimizer)
+        with NO_PROFILE if self.profiler is None else self.profiler.profile("optimizer_step"):
+            self.strategy.optimizer_step(optimizer)
         self._grads_pending.discard(opt_idx)
 
     def _end_step(self) -> None:
@@ -731,16 +805,17 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
             self.strategy.clip_gradients(getattr(optimizer, "optimizer", optimizer), value, algorithm)
 
     def _backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
-        if self.detect_anomaly:
-            with torch.autograd.detect_anomaly():
+        with NO_PROFILE if self.profiler is None else self.profiler.profile("backward"):
+            if self.detect_anomaly:
+                with torch.autograd.detect_anomaly(), anomaly.report_backward_anomaly(self.state):
+                    self.strategy.backward(loss, *args, **kwargs)
+            else:
                 self.strategy.backward(loss, *args, **kwargs)
-        else:
-            self.strategy.backward(loss, *args, **kwargs)
 
     def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
         # On the CPU reading the loss costs nothing; on a GPU it would stall the pipeline every step,
         # so there the first bad step is recorded on the device and read when metrics are written.
-        if loss.device.type == "cpu":
+        if loss.device.type == "cpu" or self.detect_anomaly:  # detect_anomaly: say so now, sync or not
             value = loss.item()  # ~1 us on a CPU scalar; torch.isfinite would cost 20x that
             if not math.isfinite(value):
                 raise SurgeError(f"the loss is {value} at global step {self.state.global_step} "
@@ -802,7 +877,10 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
 
     def _validation_in_fit(self) -> None:
         train_results = self._results
-        self._run_eval("validate", self.val_dataloaders, self.num_val_batches)
+        # Validation leaves the random streams as it found them: training draws the same numbers with or
+        # without it, and a run resumed after a validation continues exactly.
+        with preserved_rng():
+            self._run_eval("validate", self.val_dataloaders, self.num_val_batches)
         self._results = train_results
         self.module.train()
 
@@ -816,7 +894,8 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
         self.state.stage = "sanity_check"
         self._results = Results("validate", self.strategy)
         self._call("on_sanity_check_start")
-        self._run_eval("validate", self.val_dataloaders, limits, sanity=True)
+        with preserved_rng():
+            self._run_eval("validate", self.val_dataloaders, limits, sanity=True)
         self._results = Results("validate", self.strategy)
         self._call("on_sanity_check_end")
         self.state.stage = stage
@@ -928,7 +1007,7 @@ def _require_hook(module, name: str) -> None:
                                     f"training_step() and configure_optimizers() to be trained")
 
 
-def _check_step_output(output, manual: bool):
+def _check_step_output(output, manual: bool, needs_grad: bool = True):
     """The loss in ``training_step``'s return value (``None``: skip this batch's backward)."""
     if output is None:
         return None
@@ -937,7 +1016,7 @@ def _check_step_output(output, manual: bool):
             return None
         if output.numel() != 1:
             raise SurgeError(f"training_step returned a tensor of shape {tuple(output.shape)}; the loss must be a scalar")
-        if not output.requires_grad:
+        if needs_grad and not output.requires_grad:
             raise SurgeError("training_step returned a loss that does not require grad (computed under no_grad, or "
                              "detached?); return the loss tensor from the forward pass")
         return output
@@ -946,7 +1025,7 @@ def _check_step_output(output, manual: bool):
             return None
         if "loss" not in output:
             raise SurgeError(f"training_step returned a dict without a 'loss' key (keys: {sorted(output)})")
-        return _check_step_output(output["loss"], manual=False)
+        return _check_step_output(output["loss"], manual=False, needs_grad=needs_grad)
     if manual:
         return None
     raise SurgeError(f"training_step must return a loss tensor, a dict with 'loss', or None; got {type(output).__name__}")

@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 
+from . import resume
 from .checkpoint import CheckpointError, load_checkpoint, load_module_state, save_checkpoint
 from .utils import MisconfigurationError, rank_zero_warn
 
@@ -17,8 +18,7 @@ class CheckpointHandling:
     def save_checkpoint(self, filepath: str, weights_only: bool = False) -> None:
         """Write a checkpoint of the run to ``filepath`` atomically (rank 0 writes; all ranks wait)."""
         checkpoint = self._checkpoint_dict(weights_only)
-        if self.is_global_zero:
-            save_checkpoint(checkpoint, filepath)
+        self.strategy.save_checkpoint(checkpoint, filepath)
         self.strategy.barrier("save_checkpoint")
 
     def _checkpoint_dict(self, weights_only: bool = False) -> dict:
@@ -52,6 +52,9 @@ class CheckpointHandling:
             ckpt["callbacks"] = {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_dict()}
             ckpt["loggers"] = [lg.state_dict() for lg in self.loggers]
             ckpt["rng"] = capture_rng_state()
+            if not self._epoch_finished and self.state.batch_idx > 0:
+                ckpt["data_position"] = resume.position(self.train_dataloader, self._tracker,
+                                                        self._epoch_loader_state, self.state.batch_idx)
             if self._epoch_finished:
                 # End-of-epoch checkpoints are written before that epoch's schedulers step; the resume steps them.
                 ckpt["epoch_schedulers_pending"] = {
@@ -92,7 +95,7 @@ class CheckpointHandling:
     def _find_last_checkpoint(self) -> Optional[str]:
         candidates = []
         for cb in self.checkpoint_callbacks:
-            if cb.last_model_path and os.path.isfile(cb.last_model_path):
+            if cb.last_model_path and os.path.exists(cb.last_model_path):  # a file, or a sharded folder
                 candidates.append(cb.last_model_path)
             candidates.extend(cb.find_existing(self))
         roots = {self.default_root_dir}
@@ -102,7 +105,7 @@ class CheckpointHandling:
                 if os.path.basename(dirpath) == "checkpoints":
                     found.extend(os.path.join(dirpath, f) for f in files if f.endswith(".ckpt") and not f.startswith("."))
         candidates.extend(found)
-        candidates = [c for c in candidates if os.path.isfile(c)]
+        candidates = [c for c in candidates if os.path.exists(c)]
         if not candidates:
             return None
         return max(candidates, key=lambda p: (os.path.getmtime(p), os.path.basename(p).startswith("last")))
@@ -112,10 +115,10 @@ class CheckpointHandling:
         self._ckpt_path = path
         if path is None:
             return
-        ckpt = load_checkpoint(path, map_location=self.strategy.root_device)
+        ckpt = self.strategy.load_checkpoint(path, self.optimizers if stage == "fit" else [])
         module = self.module
         module.on_load_checkpoint(ckpt)
-        load_module_state(self.strategy.module, ckpt["state_dict"], strict=True, path=path)
+        self.strategy.load_module_state_dict(ckpt["state_dict"], strict=True, path=path)
         for cb in self.callbacks:
             cb.on_load_checkpoint(self, module, ckpt)
         if stage != "fit":
@@ -127,7 +130,7 @@ class CheckpointHandling:
             raise CheckpointError(f"checkpoint {path!r} has {len(opt_states)} optimizer states but configure_optimizers "
                                   f"returned {len(self.optimizers)} optimizers")
         for opt, st in zip(self.optimizers, opt_states):
-            opt.load_state_dict(st)
+            self.strategy.load_optimizer_state_dict(opt, st)
         sched_states = ckpt.get("lr_schedulers", [])
         if len(sched_states) != len(self.lr_scheduler_configs):
             raise CheckpointError(f"checkpoint {path!r} has {len(sched_states)} LR scheduler states but "
@@ -151,7 +154,10 @@ class CheckpointHandling:
                 cb.load_state_dict(callback_states[cb.state_key])
         if self.datamodule is not None and "datamodule" in ckpt:
             self.datamodule.load_state_dict(ckpt["datamodule"])
-        if "rng" in ckpt:
+        if "data_position" in ckpt and self.state.batch_idx > 0:
+            # Inside an epoch: the random state comes back once the epoch's order has been drawn again.
+            self._resume_position = {**ckpt["data_position"], "continue_state": ckpt.get("rng")}
+        elif "rng" in ckpt:
             from .seed import restore_rng_state
 
             restore_rng_state(ckpt["rng"])
