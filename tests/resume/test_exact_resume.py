@@ -199,3 +199,20 @@ def test_sigkill_during_saves_always_leaves_a_loadable_checkpoint(tmp_path):
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
     # Temporary files of killed writers may remain (they never carry a checkpoint's name); the real one is whole.
     assert all(name.endswith(".ckpt") for name in leftovers)
+
+
+def test_checkpoint_from_a_newer_format_or_truncated_is_refused_by_name(tmp_path):
+    import torch
+
+    from surge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    newer = tmp_path / "newer.ckpt"
+    save_checkpoint({"state_dict": {}, "surge_format_version": 99}, str(newer))
+    with pytest.raises(CheckpointError, match=r"newer\.ckpt.*format version 99"):
+        load_checkpoint(str(newer))
+    whole = tmp_path / "whole.ckpt"
+    save_checkpoint({"state_dict": {"w": torch.randn(1000)}}, str(whole))
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"cut\.ckpt.*(truncated|corrupt)"):
+        load_checkpoint(str(cut))
