@@ -28,6 +28,8 @@ _COMMANDS = {
     "test": "run one test epoch",
     "predict": "run predict_step over the predict data",
     "demo": "train a CNN on scikit-learn's handwritten digits and report test accuracy",
+    "consolidate": "write a sharded (FSDP) checkpoint folder as one checkpoint file",
+    "plot": "PNG charts of logged metrics: surge plot <log_dir> [<log_dir> ...] [--out DIR]",
 }
 # Trainer.<stage>() arguments the command line leaves out: the model and data come from --model and --data.
 _DATA_ARGS = {"model", "train_dataloaders", "val_dataloaders", "dataloaders", "datamodule"}
@@ -368,6 +370,14 @@ def main(argv=None) -> int:
 
         demo_main(argv[1:])
         return 0
+    if command == "consolidate":
+        from .strategies.fsdp import main as consolidate_main
+
+        return consolidate_main(argv[1:])
+    if command == "plot":
+        from .plot import main as plot_main
+
+        return plot_main(argv[1:])
     if command in STAGES:
         # Classes in the current folder import as with `python -m`: --model my_pkg.MyModel
         if os.getcwd() not in sys.path and "" not in sys.path:

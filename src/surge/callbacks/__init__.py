@@ -7,4 +7,17 @@ from .model_summary import ModelSummary
 from .progress import ProgressBar, TQDMProgressBar
 
 __all__ = ["Callback", "ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "ModelSummary", "ProgressBar",
-           "TQDMProgressBar"]
+           "TQDMProgressBar", "DeviceStatsMonitor", "ThroughputMonitor", "RichProgressBar"]
+
+# Imported on first use: their modules pull in psutil, rich or the FLOP counter only when used.
+_LAZY = {"DeviceStatsMonitor": "device_stats", "ThroughputMonitor": "throughput", "RichProgressBar": "rich_progress"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,4 +16,14 @@ from .base import Logger
 from .csv import CSVLogger
 from .tensorboard import TensorBoardLogger
 
-__all__ = ["Logger", "CSVLogger", "TensorBoardLogger"]
+__all__ = ["Logger", "CSVLogger", "TensorBoardLogger", "MLflowLogger"]
+
+
+def __getattr__(name: str):
+    # MLflowLogger's module is light, but keep the pattern: a logger's library loads on first use.
+    if name == "MLflowLogger":
+        from .mlflow import MLflowLogger
+
+        globals()[name] = MLflowLogger
+        return MLflowLogger
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
