@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 from typing import Optional
 
 import torch
@@ -131,8 +132,8 @@ class ModelCheckpoint(Callback):
                     print(f"ModelCheckpoint: saved {top_k_path}" + (f" ({self.monitor}={score:.5g})" if self.monitor else ""))
             # Drop the worst only after the new file is complete on disk.
             for path in stale:
-                if path != top_k_path and trainer.is_global_zero and os.path.isfile(path):
-                    os.remove(path)
+                if path != top_k_path and trainer.is_global_zero and os.path.exists(path):
+                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)  # a sharded checkpoint is a folder
             if last_path is not None:
                 self._write(trainer, checkpoint, last_path)
         trainer.strategy.barrier("ModelCheckpoint")
@@ -172,10 +173,7 @@ class ModelCheckpoint(Callback):
         return score < worst if self.mode == "min" else score > worst
 
     def _write(self, trainer, checkpoint, path) -> None:
-        if trainer.is_global_zero:
-            from ..checkpoint import save_checkpoint
-
-            save_checkpoint(checkpoint, path)
+        trainer.strategy.save_checkpoint(checkpoint, path)  # rank 0 writes a file, or every rank its shards
 
     def _path(self, trainer, metrics) -> str:
         """The file name for this save: the template with ``{name}`` and ``{name:fmt}`` filled in."""
@@ -208,7 +206,7 @@ class ModelCheckpoint(Callback):
     def load_state_dict(self, state: dict) -> None:
         if state.get("dirpath") not in (None, self.dirpath):
             return  # another folder: its files are not ours to rank or delete
-        self.best_k_models = {p: s for p, s in state.get("best_k_models", {}).items() if os.path.isfile(p)}
+        self.best_k_models = {p: s for p, s in state.get("best_k_models", {}).items() if os.path.exists(p)}
         self.best_model_path = state.get("best_model_path", "")
         score = state.get("best_model_score")
         self.best_model_score = None if score is None else torch.tensor(score)

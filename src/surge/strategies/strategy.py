@@ -80,6 +80,9 @@ class Strategy:
     node_rank = 0
     # Whether process_dataloader may put a DistributedSampler in (Trainer(use_distributed_sampler=...)).
     use_distributed_sampler = True
+    # True when ``step("training", ...)`` also runs the backward (a pipeline schedule does both): the
+    # Trainer then zeroes gradients before the step and does not call ``backward`` itself.
+    owns_backward = False
 
     @property
     def is_global_zero(self) -> bool:
@@ -145,15 +148,44 @@ class Strategy:
     def module_state_dict(self) -> dict:
         return self.module.state_dict()
 
+    def load_module_state_dict(self, state_dict: dict, strict: bool = True, path: str = "") -> None:
+        """Load a checkpoint's ``state_dict`` into the module (a pipeline stage loads its own part)."""
+        from ..checkpoint import load_module_state
+
+        load_module_state(self.module, state_dict, strict=strict, path=path)
+
+    def load_optimizer_state_dict(self, optimizer, state: dict) -> None:
+        optimizer.load_state_dict(state)
+
     def optimizer_state_dict(self, optimizer) -> dict:
         return optimizer.state_dict()
+
+    def save_checkpoint(self, checkpoint: dict, path: str) -> None:
+        """Write ``checkpoint`` (from every rank's ``Trainer._checkpoint_dict``) to ``path``: here rank 0
+        writes one file atomically. Sharded strategies write a directory from every rank."""
+        if self.is_global_zero:
+            from ..checkpoint import save_checkpoint
+
+            save_checkpoint(checkpoint, path)
+
+    def load_checkpoint(self, path: str, optimizers=()) -> dict:
+        """Read the checkpoint at ``path``: a file, or a sharded (DCP) directory, gathered whole here."""
+        import os
+
+        if os.path.isdir(path):
+            from .fsdp_checkpoint import read_sharded_checkpoint
+
+            return read_sharded_checkpoint(path)
+        from ..checkpoint import load_checkpoint
+
+        return load_checkpoint(path, map_location=self.root_device)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(device={self.root_device})"
 
 
 def strategy_names() -> list[str]:
-    from . import ddp, single  # noqa: F401  (they register themselves)
+    from . import ddp, fsdp, model_parallel, pipeline, single  # noqa: F401  (they register themselves)
 
     return sorted(_REGISTRY)
 
