@@ -178,7 +178,7 @@ def test_demo_run_is_reproduced_by_surge_fit_with_its_saved_config(tmp_path, mon
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # keep this process's thread count
     from surge.demos import digits
 
-    digits.main(["--max-epochs", "1", "--no-progress-bar", "--root-dir", str(tmp_path)])
+    digits.main(["--max-epochs", "1", "--devices", "1", "--no-progress-bar", "--root-dir", str(tmp_path)])
     saved = tmp_path / "surge_logs" / "version_0" / "config.yaml"
     assert f"config:      {saved}" in capsys.readouterr().out
     assert main(["fit", "--config", str(saved), "--trainer.enable_model_summary", "false"]) == 0

@@ -66,7 +66,8 @@ def test_digits_demo_reaches_high_accuracy(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # keep this process's thread count
     from surge.demos import digits
 
-    results = digits.main(["--max-epochs", "10", "--no-progress-bar", "--root-dir", str(tmp_path)])
+    # One process: without a GPU the demo's default is DDP, which re-runs the command (here: pytest).
+    results = digits.main(["--max-epochs", "10", "--devices", "1", "--no-progress-bar", "--root-dir", str(tmp_path)])
     assert results["test_acc"] > 0.95
     out = capsys.readouterr().out
     assert "test accuracy:" in out

@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import os
+import pickle
 import re
 import signal
 import socket
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from typing import Optional
 
 from .utils import MisconfigurationError
@@ -117,6 +119,16 @@ def detect_environment(devices: int, num_nodes: int) -> ClusterEnvironment:
             f"the launcher ({found.kind}) started {found.world_size} processes, but the Trainer was given "
             f"devices={devices} and num_nodes={num_nodes} ({expected} processes); make them agree"
         )
+    if found.kind == "torchrun" and found.world_size > 1:
+        # torchrun always sets both; a hand-made launcher that forgets them would otherwise meet on
+        # localhost (a hang on several machines) or fail much later.
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in env]
+        if missing:
+            raise MisconfigurationError(
+                f"RANK={env['RANK']} and WORLD_SIZE={env['WORLD_SIZE']} are set (a launcher started this process) but "
+                f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: set MASTER_ADDR to the address of "
+                f"the rank 0 machine and MASTER_PORT to a free port there, the same on every process"
+            )
     return found
 
 
@@ -238,3 +250,74 @@ def watch_parent() -> None:
             time.sleep(0.5)
 
     threading.Thread(target=watch, name="surge-parent-watch", daemon=True).start()
+
+
+# ---------------------------------------------------------------------- ddp_spawn: workers from this process
+class _MainRefs(pickle.Pickler):
+    """A pickler that notes every class and function it meets from ``__main__``."""
+
+    def __init__(self, file) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.main_names: set[str] = set()
+
+    def persistent_id(self, obj):
+        if isinstance(obj, (type, types.FunctionType)) and getattr(obj, "__module__", None) == "__main__":
+            self.main_names.add(obj.__qualname__)
+        return None  # pickle it the normal way
+
+
+def pickle_for_spawn(parts: dict) -> bytes:
+    """``parts`` (a name for each piece: "the module", "the datamodule", ...) pickled into bytes for
+    :func:`spawn`, or a :class:`MisconfigurationError` naming the piece that cannot travel.
+
+    Plain ``pickle``, not torch's ``ForkingPickler``: that one would put every tensor in shared memory,
+    and then the workers' CPU parameters would be one copy updated by every rank at once.
+    """
+    import io
+
+    for name, obj in parts.items():
+        probe, failure = _MainRefs(io.BytesIO()), None
+        try:
+            probe.dump(obj)
+        except Exception as err:  # pickling raises TypeError, AttributeError, PicklingError, ...
+            failure = err
+        if probe.main_names and not getattr(sys.modules.get("__main__"), "__file__", None):
+            raise MisconfigurationError(
+                f"strategy='ddp_spawn' starts fresh Python processes, and they cannot see what is defined in this "
+                f"notebook or interactive session: {', '.join(sorted(probe.main_names))} (used by {name}). "
+                f"Move those definitions into a .py file and import them from there"
+            ) from failure
+        if failure is not None:
+            raise MisconfigurationError(
+                f"strategy='ddp_spawn' sends {name} to new processes by pickling it, and that failed: "
+                f"{type(failure).__name__}: {failure}. Keep lambdas, open files, locks and generators out of its "
+                f"attributes (create them in setup()), or use strategy='ddp' from a script"
+            ) from failure
+    return pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def spawn(worker, payload: bytes, cluster: ClusterEnvironment, devices: int) -> None:
+    """Run ``worker(payload)`` in ``devices`` new processes as the local ranks of this node, and wait.
+
+    Started with ``torch.multiprocessing`` in the "spawn" context (fresh interpreters: safe with CUDA
+    and threads, and the same on every OS). Each worker finds its rank in its environment, as under
+    torchrun. If one raises, torch stops the others and raises here with that worker's traceback.
+    """
+    import torch.multiprocessing as mp
+
+    port = cluster.main_port
+    if port is None:
+        if cluster.world_size > devices:
+            raise MisconfigurationError("strategy='ddp_spawn' on several nodes needs MASTER_PORT (and MASTER_ADDR, "
+                                        "NODE_RANK) set the same way on every node")
+        port = find_free_port()
+    env = {"MASTER_ADDR": cluster.main_address, "MASTER_PORT": str(port), "WORLD_SIZE": str(cluster.world_size),
+           "NODE_RANK": str(cluster.node_rank), "SURGE_LAUNCHER_PID": str(os.getpid())}
+    mp.start_processes(_spawned, args=(worker, payload, env, cluster.node_rank * devices), nprocs=devices,
+                       start_method="spawn", join=True)
+
+
+def _spawned(local_rank: int, worker, payload: bytes, env: dict, first_rank: int) -> None:
+    """The entry point of a spawned worker: its rank into the environment, then the worker."""
+    os.environ.update(env, RANK=str(first_rank + local_rank), LOCAL_RANK=str(local_rank))
+    worker(payload)

@@ -82,8 +82,11 @@ class DigitsClassifier(Module):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(1) == y).float().mean()
-        self.log(f"{stage}_loss", loss, prog_bar=stage != "train")
-        self.log(f"{stage}_acc", acc, prog_bar=True)
+        # Under DDP each rank sees a shard of the val/test set: sync_dist makes the epoch value the mean
+        # over all ranks (train metrics stay per rank, which keeps the training step free of collectives).
+        sync = stage != "train"
+        self.log(f"{stage}_loss", loss, prog_bar=stage != "train", sync_dist=sync)
+        self.log(f"{stage}_acc", acc, prog_bar=True, sync_dist=sync)
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -105,6 +108,24 @@ class DigitsClassifier(Module):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def _where_to_run(accelerator: str, devices, strategy):
+    """The demo's defaults: one GPU when there is one; otherwise every core, as up to 4 DDP processes on
+    the CPU (gloo), since one process does not keep several cores busy on a model this small."""
+    from ..accelerators import resolve_accelerator
+
+    if devices is not None:
+        devices = int(devices) if devices.lstrip("-").isdigit() else devices
+    if resolve_accelerator(accelerator) == "cpu":
+        accelerator = "cpu"
+        if devices is None:
+            devices = min(os.cpu_count() or 1, 4)
+    elif devices is None:
+        devices = 1
+    if strategy is None:
+        strategy = "ddp" if isinstance(devices, int) and devices > 1 else "auto"
+    return accelerator, devices, strategy
+
+
 def main(argv=None) -> dict:
     """Train, test and report; returns the test metrics."""
     import yaml
@@ -117,8 +138,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--accelerator", default="auto")
-    parser.add_argument("--devices", default="1")
-    parser.add_argument("--strategy", default="auto")
+    parser.add_argument("--devices", default=None,
+                        help="default: one GPU, or without a GPU min(CPU cores, 4) CPU processes with DDP")
+    parser.add_argument("--strategy", default=None, help='default: "ddp" when there are several devices, else "auto"')
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--root-dir", default=os.path.join(os.getcwd(), "runs", "digits"))
     parser.add_argument("--seed", type=int, default=0)
@@ -126,14 +148,16 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     surge.seed_everything(args.seed, workers=True)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    accelerator, devices, strategy = _where_to_run(args.accelerator, args.devices, args.strategy)
+    # The cores are shared by the processes of this machine: oversubscribing them slows every one down.
+    processes = devices if accelerator == "cpu" and isinstance(devices, int) else 1
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
     data = DigitsDataModule(batch_size=args.batch_size)
     model = DigitsClassifier(lr=args.lr)
     checkpoint_args = dict(monitor="val_acc", mode="max", save_last=True)
     checkpoint = surge.ModelCheckpoint(**checkpoint_args)
-    devices = int(args.devices) if args.devices.lstrip("-").isdigit() else args.devices
-    trainer_args = dict(max_epochs=args.max_epochs, accelerator=args.accelerator, devices=devices,
-                        strategy=args.strategy, precision=args.precision, default_root_dir=os.path.abspath(args.root_dir),
+    trainer_args = dict(max_epochs=args.max_epochs, accelerator=accelerator, devices=devices,
+                        strategy=strategy, precision=args.precision, default_root_dir=os.path.abspath(args.root_dir),
                         enable_progress_bar=not args.no_progress_bar, log_every_n_steps=10)
     # The run's config in the command line's format, saved to the log folder: `surge fit --config` trains it again.
     config = {"seed_everything": args.seed,

@@ -124,8 +124,17 @@ class DDP(Strategy):
             raise MisconfigurationError("strategy='ddp' needs MASTER_PORT in the environment (the launcher sets it)")
         backend = self.process_group_backend or ("nccl" if self.root_device.type == "cuda" else "gloo")
         kwargs = {"device_id": self.root_device} if backend == "nccl" else {}
-        dist.init_process_group(backend, init_method="env://", rank=c.global_rank, world_size=c.world_size,
-                                timeout=self.timeout, **kwargs)
+        try:
+            dist.init_process_group(backend, init_method="env://", rank=c.global_rank, world_size=c.world_size,
+                                    timeout=self.timeout, **kwargs)
+        except dist.DistNetworkError as err:
+            if "EADDRINUSE" not in str(err) and "already in use" not in str(err):
+                raise
+            raise MisconfigurationError(
+                f"MASTER_PORT={os.environ['MASTER_PORT']} is already in use on this machine (another run, or a "
+                f"leftover process of one), so rank {c.global_rank} cannot host the rendezvous there: pick another "
+                f"port, or unset MASTER_PORT and surge picks a free one"
+            ) from err
         self._owns_group = True
         # Destroyed when the process ends, not per stage: fit() then test() share one group, and
         # re-creating it would need a fresh rendezvous port.
@@ -264,3 +273,109 @@ class DDP(Strategy):
 
     def __repr__(self) -> str:
         return f"DDP(rank={self.global_rank}/{self.world_size}, device={self.root_device})"
+
+
+@register("ddp_spawn")
+class DDPSpawn(DDP):
+    """DDP whose workers are started from the calling process with ``torch.multiprocessing`` ("spawn").
+
+    For notebooks and interactive sessions, where there is no script to run again. Each ``fit`` /
+    ``validate`` / ``test`` / ``predict`` call pickles the trainer, the module and the data, starts
+    ``devices`` fresh processes that run the stage as ranks 0..N-1, and waits for them. Rank 0's
+    result comes back (fit's return, the metrics, the predictions), and after ``fit`` the trained
+    weights are loaded into your module, along with the trainer's counters, ``callback_metrics`` and
+    the callbacks' state (so ``test(ckpt_path="best")`` finds the best checkpoint).
+
+    Example::
+
+        trainer = surge.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, max_epochs=3)
+        trainer.fit(model, train_loader)        # model now holds the trained weights
+        trainer.test(model, test_loader)
+
+    The module, the data and their classes must be importable by a fresh interpreter: define them
+    in a ``.py`` file (not a notebook cell) and guard a script's own code with ``if __name__ == "__main__":``.
+    Starting processes costs a few seconds per call, and the optimizer state stays in the workers;
+    from a script, ``strategy="ddp"`` is faster. Under torchrun or SLURM this strategy behaves as "ddp".
+    """
+
+    name = "ddp_spawn"
+
+    def launch(self, fn, *args, **kwargs):
+        from ..launch import pickle_for_spawn, spawn
+
+        trainer = getattr(fn, "__self__", None)
+        if self.cluster.creates_processes_externally or trainer is None:
+            return fn(*args, **kwargs)
+        parts = {"the module": trainer.module, "the datamodule": trainer.datamodule}
+        parts.update({f"the {name} dataloader": loader for name, loader in trainer._given_loaders.items()
+                      if loader is not None})
+        pickle_for_spawn(parts)  # names the piece that cannot travel, before the whole trainer
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="surge-spawn-") as out:
+            payload = pickle_for_spawn({"the trainer (with its callbacks and loggers)": (fn, args, kwargs, out)})
+            spawn(_spawn_worker, payload, self.cluster, len(self.device_ids))
+            return self._collect(trainer, out)
+
+    @staticmethod
+    def _collect(trainer, out: str):
+        """Bring rank 0's outcome into this process (nothing on a node without rank 0)."""
+        from ..checkpoint import load_checkpoint
+
+        path = os.path.join(out, "rank0.pt")
+        if not os.path.exists(path):
+            return None
+        # Written by our own worker a moment ago, holding user objects (predictions): a full unpickle.
+        back = torch.load(path, weights_only=False)
+        weights = os.path.join(out, "weights.ckpt")
+        if os.path.exists(weights):
+            trainer.module.load_state_dict(load_checkpoint(weights)["state_dict"])
+        trainer.state.load_state_dict(back["state"])
+        for name in ("callback_metrics", "logged_metrics", "progress_bar_metrics"):
+            getattr(trainer, name).clear()
+            getattr(trainer, name).update(back[name])
+        for cb, state in zip(trainer.callbacks, back["callbacks"]):
+            if getattr(cb, "dirpath", "") is None and isinstance(state, dict):
+                # A ModelCheckpoint picks its folder during the run; here, as after an in-process fit, it
+                # must know it, or it would take the worker's best checkpoint for a stranger's.
+                cb.dirpath = state.get("dirpath")
+            cb.load_state_dict(state)
+        for lg, state in zip(trainer.loggers, back["loggers"]):
+            lg.load_state_dict(state)  # the next stage writes into the same version_N
+        return back["result"]
+
+
+def _spawn_worker(payload: bytes) -> None:
+    """One spawned rank: rebuild the trainer, take this rank, run the stage; rank 0 writes what goes back."""
+    import pickle
+
+    fn, args, kwargs, out = pickle.loads(payload)["the trainer (with its callbacks and loggers)"]
+    trainer = fn.__self__
+    strategy = trainer.strategy
+    # RANK, LOCAL_RANK, WORLD_SIZE are in the environment now: configure finds them as under torchrun.
+    strategy.configure(strategy.accelerator, strategy.device_ids, strategy.num_nodes, trainer.precision)
+    result = fn(*args, **kwargs)
+    if strategy.is_global_zero:
+        _send_back(trainer, strategy, args[0] if args else None, result, out)
+    # Leave together, and take the process group down before the interpreter does: a rank whose
+    # gloo threads are torn down at exit while its peers still talk to it can abort (SIGABRT).
+    strategy.barrier("spawn-exit")
+    strategy._destroy_group()
+
+
+def _send_back(trainer, strategy, stage, result, out: str) -> None:
+    """Rank 0: the weights (after fit) and everything :meth:`DDPSpawn._collect` restores, into ``out``."""
+    from ..checkpoint import save_checkpoint
+
+    if stage == "fit":
+        save_checkpoint({"state_dict": {k: v.detach().cpu() for k, v in strategy.module_state_dict().items()}},
+                        os.path.join(out, "weights.ckpt"))
+    torch.save({"result": result, "state": trainer.state.state_dict(),
+                "callback_metrics": _on_cpu(trainer.callback_metrics), "logged_metrics": _on_cpu(trainer.logged_metrics),
+                "progress_bar_metrics": _on_cpu(trainer.progress_bar_metrics),
+                "callbacks": [cb.state_dict() for cb in trainer.callbacks],
+                "loggers": [lg.state_dict() for lg in trainer.loggers]}, os.path.join(out, "rank0.pt"))
+
+
+def _on_cpu(metrics: dict) -> dict:
+    return {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
