@@ -20,6 +20,7 @@ from ..launch import ClusterEnvironment, LocalLauncher, detect_environment, watc
 from ..utils import MisconfigurationError, rank_zero_only, rank_zero_warn
 from .strategy import Strategy, register
 
+_EXIT_BARRIER_TIMEOUT = timedelta(seconds=30)
 _OPS = {"sum": dist.ReduceOp.SUM, "mean": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 
 
@@ -72,6 +73,7 @@ class DDP(Strategy):
         self.cluster: Optional[ClusterEnvironment] = None
         self._launcher: Optional[LocalLauncher] = None
         self._owns_group = False
+        self._failed = False  # set when this rank raised: then exit without the closing barrier
 
     # ------------------------------------------------------------------ processes
     @property
@@ -104,6 +106,7 @@ class DDP(Strategy):
         try:
             return fn(*args, **kwargs)
         except BaseException:
+            self._failed = True
             # The other ranks would wait for this one in their next collective: stop them now.
             if self._launcher is not None:
                 self._launcher.terminate()
@@ -141,8 +144,16 @@ class DDP(Strategy):
         atexit.register(self._destroy_group)
 
     def _destroy_group(self) -> None:
-        if self._owns_group and dist.is_initialized():
-            dist.destroy_process_group()
+        if self._owns_group and dist.is_initialized() and not self._failed:
+            # gloo aborts a process ("terminate called without an active exception") now and then when a
+            # peer tears its connections down first; meeting at a barrier before destroying avoids it.
+            # After a failure the peers may never arrive, so then the OS cleans up instead.
+            try:
+                if dist.get_backend() == "gloo":
+                    dist.monitored_barrier(timeout=_EXIT_BARRIER_TIMEOUT)
+                dist.destroy_process_group()
+            except Exception:  # a peer already gone: nothing left to shut down cleanly
+                pass
         self._owns_group = False
 
     def setup_module(self, module: torch.nn.Module) -> None:
