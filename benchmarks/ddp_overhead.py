@@ -103,6 +103,7 @@ def worker(rank: int, port: int, a) -> None:
         print(f"plain DDP loop  {b * 1e6:8.1f} us/step")
         print(f"surge ddp       {s * 1e6:8.1f} us/step")
         print(f"ratio surge/plain: {s / b:.3f}")
+    dist.barrier()  # gloo may abort a process whose peer tears down first
     dist.destroy_process_group()
 
 

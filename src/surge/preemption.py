@@ -16,7 +16,7 @@ from typing import Optional
 
 from .utils import MisconfigurationError, rank_zero_info
 
-# Across processes the flag is agreed on with a collective, so it is checked every few steps only.
+# Across processes the flag is agreed on with a background collective launched every N steps.
 DISTRIBUTED_CHECK_EVERY = 10
 
 
@@ -36,6 +36,7 @@ class PreemptionHandler:
         self.exit_code = exit_code
         self.received: Optional[signal.Signals] = None
         self._previous: dict = {}
+        self._pending = None  # (work, tensor) of the all-reduce in flight across processes
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -43,7 +44,10 @@ class PreemptionHandler:
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._note)
 
-    def uninstall(self) -> None:
+    def uninstall(self, wait: bool = True) -> None:
+        if self._pending is not None and wait:
+            self._pending[0].wait()  # leave no collective in flight for the next stage
+        self._pending = None  # after a failure a peer may be gone: do not wait for it
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
@@ -57,7 +61,20 @@ class PreemptionHandler:
             return self.received is not None
         if trainer.global_step % DISTRIBUTED_CHECK_EVERY:
             return False
-        return trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
+        # Every N steps each rank contributes its flag to an all-reduce that runs in the background and is
+        # read N steps later, at the same step on every rank: the decision is shared without a wait.
+        import torch
+        import torch.distributed as dist
+
+        decided = False
+        if self._pending is not None:
+            work, flag = self._pending
+            work.wait()
+            decided = bool(flag.item())
+        flag = torch.tensor([1 if self.received is not None else 0], dtype=torch.int32,
+                            device=trainer.strategy._collective_device())
+        self._pending = (dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True), flag)
+        return decided
 
     def requeue(self, trainer) -> None:
         """Under SLURM, put the job back in the queue (rank 0 only)."""

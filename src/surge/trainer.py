@@ -26,11 +26,12 @@ from .results import Results
 from . import resume
 from .seed import preserved_rng, restore_rng_state
 from .preemption import PreemptionHandler
+from .speed import SpeedSettings
 from .state import TrainerState
 from .trainer_checkpoint import CheckpointHandling
 from .trainer_data import DataHandling
 from .strategies.strategy import Strategy, get_strategy
-from . import anomaly
+from . import anomaly, faults
 from .profiler import NO_PROFILE, resolve_profiler
 from .utils import MisconfigurationError, SurgeError, rank_zero_info, rank_zero_warn
 
@@ -73,7 +74,15 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
         inference_mode: evaluate under ``torch.inference_mode`` (True) or ``torch.no_grad`` (False).
         preemption_signals: signals that make fit finish its step, save ``last.ckpt`` and exit (empty: none).
         requeue_exit_code: the exit code after such a save (143, as for SIGTERM, tells schedulers to requeue).
+        on_nan: a NaN/inf loss "raise"s (stop, naming step and batch) or "skip"s that update, counted in
+            ``train/nan_skipped`` (docs/reliability.md).
         profiler: None, "simple", "advanced", "pytorch" or a :class:`surge.profiler.Profiler` (docs/instruments.md).
+        compile: True or a dict of ``torch.compile`` arguments: compile the module's forward (``self(x)``) at
+            setup; ``self.log`` in ``training_step`` stays outside the graph (docs/speed.md).
+        fuse_optimizers: on CUDA, Adam/AdamW/SGD built without ``fused=``/``foreach=`` use their fused kernels
+            (default True; the CPU keeps the optimizer as written).
+        allow_tf32: TF32 float32 matmuls; None (default): on for Ampere and newer GPUs, with a one-line notice.
+        cuda_graphs: replay the training forward+backward from a CUDA graph (one GPU, static shapes).
     """
 
     def __init__(
@@ -116,6 +125,11 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
         profiler: Any = None,
         preemption_signals=("SIGTERM", "SIGUSR1"),
         requeue_exit_code: int = 143,
+        on_nan: str = "raise",
+        compile: Union[bool, dict] = False,
+        fuse_optimizers: bool = True,
+        allow_tf32: Optional[bool] = None,
+        cuda_graphs: bool = False,
         **legacy,
     ) -> None:
         known = set(inspect.signature(Trainer.__init__).parameters) - {"self", "legacy"}
@@ -186,6 +200,9 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
         self.strategy.use_distributed_sampler = use_distributed_sampler
         self.detect_anomaly = detect_anomaly
         self.inference_mode = inference_mode
+        self._speed = SpeedSettings(compile=compile, fuse_optimizers=fuse_optimizers, allow_tf32=allow_tf32,
+                                    cuda_graphs=cuda_graphs, strategy=self.strategy,
+                                    accumulate_grad_batches=self.accumulate_grad_batches)
         self.profiler = resolve_profiler(profiler)
         self.deterministic = deterministic
         targs.check_choice("deterministic", deterministic, (None, True, False, "warn"))
@@ -232,6 +249,8 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
         self._ckpt_path: Optional[str] = None
         self._hooks: dict[str, list] = {}
         self._nonfinite_step: Optional[torch.Tensor] = None
+        self._nan = faults.NanPolicy(on_nan)
+        self._logger_guard = faults.LoggerGuard()  # a failing logger warns once; the run goes on
 
     # ================================================================== construction helpers
     @staticmethod
@@ -487,11 +506,13 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
             self._call_setup(stage)
             module.configure_model()
             strategy.setup_module(module)
+            self._speed.setup_module(self)  # TF32; compile or CUDA-graph the forward
             if stage == "fit":
                 # Data first: schedulers may size themselves from estimated_stepping_batches.
                 self.train_dataloader = self._loader("train")
                 self.val_dataloaders = self._loaders("val") if _has_step(module, "validation_step") else []
                 self._configure_optimizers()
+                self._speed.setup_optimizers(self)  # fused kernels on CUDA: before a checkpoint loads their state
             self._load_for_stage(stage, ckpt_path)
             if self.profiler is not None:  # here: a resume may have changed log_dir, where traces go
                 self.profiler.setup(self, stage)
@@ -507,18 +528,22 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
             return result
         except BaseException as err:
             status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            faults.name_the_callback(err, self.callbacks)  # the user sees which callback raised
+            explained = faults.explain_oom(err, self)  # out of memory: where, how much, what to try
             for cb in self.callbacks:
-                cb.on_exception(self, module, err)
+                cb.on_exception(self, module, explained or err)
+            if explained is not None:
+                raise explained from err
             raise
         finally:
             if self.profiler is not None:
                 self.profiler.teardown(stage)
             if stage == "fit":
-                self._preemption.uninstall()
+                self._preemption.uninstall(wait=status == "success")
                 resume.uninstall(self.train_dataloader)
             if stage == "fit" and self.is_global_zero:
                 for lg in self.loggers:
-                    lg.finalize(status)
+                    self._logger_guard.call(lg, "finalize", status)
             self._results = None
             self.state.stage = None
             strategy.teardown()
@@ -649,7 +674,8 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
         self._call("on_train_epoch_start")
         skip, read_and_drop = self._position_epoch()
         batch_idx, exhausted = -1, True
-        for batch_idx, batch in enumerate(self.train_dataloader, start=0 if read_and_drop else skip):
+        batches = self._speed.wrap_train_loader(self, self.train_dataloader)  # CUDA: next batch copies during this step
+        for batch_idx, batch in enumerate(batches, start=0 if read_and_drop else skip):
             if batch_idx < skip:
                 if batch_idx + 1 == skip:
                     restore_rng_state(self._resume_position.pop("continue_state"))
@@ -747,8 +773,7 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
                 with NO_PROFILE if self.profiler is None else self.profiler.profile("training_step"):
                     output = strategy.step("training", batch, batch_idx, *extra)
                 loss = _check_step_output(output, manual=False, needs_grad=not owns_backward)
-                if loss is not None:
-                    self._check_finite(loss, batch_idx)
+                if loss is not None and self._check_finite(loss, batch_idx, opt_idx):  # False: on_nan="skip" dropped it
                     if opt_idx not in self._grads_pending and not owns_backward:  # first micro-batch of a window
                         self._call("on_before_zero_grad", optimizer)
                         module.optimizer_zero_grad(self.state.epoch, batch_idx, optimizer)
@@ -812,20 +837,24 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
             else:
                 self.strategy.backward(loss, *args, **kwargs)
 
-    def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+    def _check_finite(self, loss: torch.Tensor, batch_idx: int, opt_idx: int = 0) -> bool:
+        """``True``: the step goes on. A non-finite loss raises, or under ``on_nan="skip"`` returns ``False``."""
+        if self._nan.mode == "skip":
+            return self._nan.finite_or_skip(self, loss, batch_idx, opt_idx)
         # On the CPU reading the loss costs nothing; on a GPU it would stall the pipeline every step,
         # so there the first bad step is recorded on the device and read when metrics are written.
         if loss.device.type == "cpu" or self.detect_anomaly:  # detect_anomaly: say so now, sync or not
             value = loss.item()  # ~1 us on a CPU scalar; torch.isfinite would cost 20x that
             if not math.isfinite(value):
                 raise SurgeError(f"the loss is {value} at global step {self.state.global_step} "
-                                 f"(epoch {self.state.epoch}, batch {batch_idx})")
-            return
+                                 f"(epoch {self.state.epoch}, batch {batch_idx}); Trainer(on_nan='skip') skips such steps")
+            return True
         bad = ~torch.isfinite(loss.detach())
         step = torch.tensor(self.state.global_step, device=loss.device)
         if self._nonfinite_step is None:
             self._nonfinite_step = torch.full((), -1, dtype=torch.long, device=loss.device)
         self._nonfinite_step = torch.where(bad & (self._nonfinite_step < 0), step, self._nonfinite_step)
+        return True
 
     def _raise_if_nonfinite(self) -> None:
         if self._nonfinite_step is not None:
@@ -982,7 +1011,7 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
             return
         values["epoch"] = self.state.epoch
         for lg in self.loggers:
-            lg.log_metrics(values, step=self.state.global_step)
+            self._logger_guard.call(lg, "log_metrics", values, step=self.state.global_step)
 
     def _log_hyperparams(self) -> None:
         if not self.is_global_zero or not self.loggers:
@@ -993,7 +1022,7 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
             params.update(dm_params)
         if params:
             for lg in self.loggers:
-                lg.log_hyperparams(params)
+                self._logger_guard.call(lg, "log_hyperparams", params)
 
 # ====================================================================== module checks
 def _has_step(module, name: str) -> bool:
