@@ -283,7 +283,8 @@ class Module(HyperparametersMixin, nn.Module):
         dataclasses are moved; anything with a ``.to(device)`` method is moved too."""
         from .data import move_to_device
 
-        return move_to_device(batch, device)
+        # Host-to-GPU copies need not block the host: the GPU's stream orders them before their use.
+        return move_to_device(batch, device, non_blocking=torch.device(device).type == "cuda")
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)

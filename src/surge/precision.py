@@ -97,9 +97,10 @@ class MixedPrecision(Precision):
         self.scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
         self.skipped_steps = 0
         self._unscaled: set[int] = set()
+        self.autocast_cache = True  # cuda_graphs=True turns autocast's weight-cast cache off (graphs need that)
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=self.autocast_cache)
 
     def backward(self, loss, *args, **kwargs) -> None:
         if self.scaler is not None:
@@ -173,8 +174,29 @@ def get_precision(name: str, device: torch.device) -> Precision:
     dtype = torch.bfloat16 if name.startswith("bf16") else torch.float16
     if device.type == "cuda" and dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise MisconfigurationError(f"precision={name!r}: this GPU ({torch.cuda.get_device_name(device)}) has no bf16")
-    if device.type == "mps" and name == "bf16-mixed" and not torch.backends.mps.is_macos_or_newer(14, 0):
+    if device.type == "mps" and dtype is torch.bfloat16 and not torch.backends.mps.is_macos_or_newer(14, 0):
         raise MisconfigurationError(f"precision={name!r}: bf16 on MPS needs macOS 14 or newer")
     if name.endswith("-true"):
         return HalfPrecision(device, dtype)
-    return MixedPrecision(device, dtype)
+    _check_autocast(name, device, dtype)
+    try:
+        return MixedPrecision(device, dtype)
+    except (RuntimeError, AssertionError, ValueError) as err:  # GradScaler on a device this torch cannot scale on
+        raise MisconfigurationError(f"precision={name!r} is not available on {device.type} with torch "
+                                    f"{torch.__version__} ({err}); use '32-true' or 'bf16-mixed'") from err
+
+
+def _check_autocast(name: str, device: torch.device, dtype: torch.dtype) -> None:
+    """Autocast on a device or dtype it does not support only warns and turns itself off, which would
+    train in float32 while claiming mixed precision: make that an error at construction."""
+    import warnings
+
+    if not torch.amp.is_autocast_available(device.type):
+        raise MisconfigurationError(f"precision={name!r}: this torch has no autocast for {device.type}; use '32-true'")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ctx = torch.autocast(device.type, dtype=dtype)
+    if not ctx._enabled or any("autocast" in str(w.message).lower() for w in caught):
+        detail = "; ".join(str(w.message) for w in caught) or "autocast turned itself off"
+        raise MisconfigurationError(f"precision={name!r} is not supported on {device.type} by torch "
+                                    f"{torch.__version__} ({detail}); use '32-true' or another precision")

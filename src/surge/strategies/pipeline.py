@@ -25,7 +25,6 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
-from torch.distributed import pipelining
 
 from ..utils import MisconfigurationError
 from .ddp import DDP
@@ -43,9 +42,17 @@ _SCHEDULES = {
 }
 
 
+def _pipelining():
+    # Imported when a pipeline is built, not with the strategy registry: torch.distributed.pipelining
+    # imports torch._dynamo (about 1 s), which every Trainer() would otherwise pay.
+    from torch.distributed import pipelining
+
+    return pipelining
+
+
 def schedule_names() -> list[str]:
     """The schedules this torch provides."""
-    return [name for name, (cls, _, _) in _SCHEDULES.items() if hasattr(pipelining, cls)]
+    return [name for name, (cls, _, _) in _SCHEDULES.items() if hasattr(_pipelining(), cls)]
 
 
 @register("pipeline")
@@ -224,10 +231,10 @@ class Pipeline(DDP):
         key = (training, tuple(inputs.shape), inputs.dtype,
                None if target is None else (tuple(target.shape), target.dtype), torch.is_inference_mode_enabled())
         if key not in self._schedules:
-            stages = [pipelining.PipelineStage(m, s, self._total, self.root_device, group=self.pp_group)
+            stages = [_pipelining().PipelineStage(m, s, self._total, self.root_device, group=self.pp_group)
                       for s, m in zip(self._local, self._stage_modules)]
             cls_name, multi, _ = _SCHEDULES[self.schedule]
-            cls = getattr(pipelining, cls_name)
+            cls = getattr(_pipelining(), cls_name)
             loss_fn = self._loss_fn if target is not None else None
             self._schedules[key] = cls(stages if multi else stages[0], n_microbatches=self.microbatches,
                                        loss_fn=loss_fn, scale_grads=False)
