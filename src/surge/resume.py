@@ -8,6 +8,7 @@ the moment the checkpoint was written, so dropout and augmentation continue as t
 """
 from __future__ import annotations
 
+import itertools
 import warnings
 from typing import Optional
 
@@ -41,20 +42,25 @@ class ResumableSampler:
         self._skip, self._replay, self._continue = skip, start_state, continue_state
 
     def __iter__(self):
+        # A plain (not generator) method: it runs when the BatchSampler starts the epoch, right before the
+        # inner sampler makes its first random draw, and in a normal epoch it hands back the inner
+        # iterator itself, so iterating costs nothing extra per index.
         if self._replay is not None:
             _restore(self._replay, self.sampler)
         self.start_state = _capture(self.sampler)
         skip, cont = self._skip, self._continue
         self._skip, self._replay, self._continue = 0, None, None
-        for i, index in enumerate(self.sampler):
-            if i < skip:
-                continue
-            if cont is not None:
-                restore_rng_state(cont)
-                cont = None
-            yield index
-        if cont is not None:  # nothing was left to yield: still continue from the checkpoint's state
+        if skip == 0 and cont is None:
+            return iter(self.sampler)
+        return self._resumed(iter(self.sampler), skip, cont)
+
+    @staticmethod
+    def _resumed(indices, skip: int, cont: Optional[dict]):
+        for _ in itertools.islice(indices, skip):  # drop what was trained on, without loading it
+            pass
+        if cont is not None:
             restore_rng_state(cont)
+        yield from indices
 
 
 def _capture(sampler) -> dict:
