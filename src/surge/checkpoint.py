@@ -31,21 +31,39 @@ def save_checkpoint(checkpoint: dict, path: str) -> None:
     half-written file under the checkpoint's name.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ckpt", dir=folder)
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ckpt", dir=folder)
         with os.fdopen(fd, "wb") as f:
             torch.save(checkpoint, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    except BaseException as err:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        os_error = _os_error_of(err)
+        if os_error is not None:  # disk full, no permission, file too large, read-only file system ...
+            raise CheckpointError(
+                f"could not write checkpoint {path!r}: {os_error.strerror or os_error} (errno {os_error.errno}). "
+                f"Nothing was written under that name: the previous checkpoints are intact. Free space or fix "
+                f"the folder's permissions (or choose another with ModelCheckpoint(dirpath=...))"
+            ) from err
         raise
     _fsync_dir(folder)
+
+
+def _os_error_of(err: BaseException):
+    """The ``OSError`` behind ``err``: itself, or the one torch's writer wrapped in a RuntimeError."""
+    while err is not None:
+        if isinstance(err, OSError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _fsync_dir(folder: str) -> None:

@@ -7,6 +7,7 @@ a logger or the progress bar writes them out.
 from __future__ import annotations
 
 import numbers
+import zlib
 from typing import Callable, Optional, Union
 
 import torch
@@ -107,7 +108,7 @@ class Results:
                 f"reduce_fx={metric.reduce!r}; use the same options every time"
             )
         if sync_dist and on_step and self.strategy is not None and self.strategy.world_size > 1:
-            tensor = self.strategy.reduce(tensor, reduce)
+            tensor = self._sync_step_value(name, reduce, tensor)
         metric.update(tensor, batch_size if batch_size is not None else self.batch_size)
 
     # ------------------------------------------------------------------ read-outs
@@ -130,10 +131,95 @@ class Results:
             value = m.epoch_value()
             if value is None:
                 continue
-            if m.sync_dist and self.strategy is not None and self.strategy.world_size > 1:
-                value = self.strategy.reduce(value, m.reduce)
             out[name] = (value, m)
+        if self.strategy is not None and self.strategy.world_size > 1:
+            out.update(self._sync_epoch_values(out))
         return out
+
+    # ------------------------------------------------------------------ across processes
+    def _sync_step_value(self, name: str, reduce: str, tensor: torch.Tensor) -> torch.Tensor:
+        """The step value of ``name`` reduced over ranks, with a check that every rank logged the same name.
+
+        Each rank sends (a tag of the name, its value) in one all_gather: when another rank is at a
+        different ``self.log(..., sync_dist=True)`` call the tags differ and this raises on every rank,
+        naming the key, instead of silently mixing two metrics (or waiting forever).
+        """
+        strategy = self.strategy
+        device = strategy._collective_device() if hasattr(strategy, "_collective_device") else tensor.device
+        tag = float(zlib.crc32(f"{name}|{reduce}".encode()))
+        pair = torch.stack([torch.tensor(tag, dtype=torch.float64, device=device),
+                            tensor.detach().to(device=device, dtype=torch.float64)])
+        gathered = strategy.all_gather(pair)  # (world, 2)
+        tags = gathered[:, 0].tolist()
+        if any(t != tag for t in tags):
+            same = [r for r, t in enumerate(tags) if t == tag]
+            other = [r for r, t in enumerate(tags) if t != tag]
+            raise SurgeError(
+                f"self.log({name!r}, sync_dist=True) on ranks {same} met a different self.log(..., sync_dist=True) "
+                f"call on ranks {other} in the same step (another key, or another reduce_fx): per-step values "
+                f"with sync_dist must be logged on every rank with the same names in the same order. Log "
+                f"rank-dependent keys without sync_dist, or on_step=False (epoch values may differ across ranks)"
+            )
+        values = gathered[:, 1]
+        reduced = {"mean": values.mean, "sum": values.sum, "max": values.max, "min": values.min}[reduce]()
+        return reduced.to(device=tensor.device, dtype=tensor.dtype)
+
+    def _sync_epoch_values(self, out: dict) -> dict[str, tuple[torch.Tensor, _Metric]]:
+        """The ``sync_dist`` epoch values reduced over the union of the keys every rank logged.
+
+        Ranks may log different keys (a rank that saw no sample of a class, a key logged under
+        ``if rank == 0``, an epoch-end hook): the key sets are gathered first, and a rank that did not
+        log a key contributes nothing to it (a mean over the samples of the ranks that did; sum, max
+        and min over those ranks). Every rank calls the same collectives in the same order, so
+        nothing waits forever. A key logged with different ``reduce_fx`` or ``on_step`` on different
+        ranks is an error naming the key and the ranks.
+        """
+        strategy = self.strategy
+        mine = sorted((name, m.reduce, m.on_step, m.prog_bar, m.logger) for name, (_, m) in out.items() if m.sync_dist)
+        everyone = strategy.all_gather_object(mine)
+        options: dict[str, dict[tuple, list[int]]] = {}
+        for rank, entries in enumerate(everyone):
+            for name, reduce, on_step, prog_bar, logger in entries:
+                options.setdefault(name, {}).setdefault((reduce, on_step, prog_bar, logger), []).append(rank)
+        for name, variants in options.items():
+            if len({(r, s) for r, s, _, _ in variants}) > 1:
+                detail = "; ".join(f"reduce_fx={r!r}, on_step={s} on ranks {ranks}"
+                                   for (r, s, _, _), ranks in variants.items())
+                raise SurgeError(f"self.log({name!r}, sync_dist=True) was logged with different options on "
+                                 f"different ranks ({detail}); use the same options on every rank")
+        if not options:
+            return {}
+        names = sorted(options)
+        device = strategy._collective_device() if hasattr(strategy, "_collective_device") else torch.device("cpu")
+        neutral = {"mean": 0.0, "sum": 0.0, "max": -float("inf"), "min": float("inf")}
+        # One vector per reduce op: a mean travels as (sum of value x batch size, total batch size).
+        packs = {"sum": [], "max": [], "min": []}
+        slots = {}
+        for name in names:
+            reduce = next(iter(options[name]))[0]
+            local = out.get(name)
+            m = local[1] if local is not None and local[1].sync_dist else None
+            if reduce == "mean":
+                total = float(m.total) if m is not None else 0.0  # read on the host: once per epoch
+                slots[name] = ("sum", len(packs["sum"]))
+                packs["sum"] += [total, float(m.weight) if m is not None else 0.0]
+            else:
+                op = "sum" if reduce == "sum" else reduce
+                slots[name] = (op, len(packs[op]))
+                packs[op].append(float(m.total) if m is not None else neutral[reduce])
+        reduced = {op: strategy.reduce(torch.tensor(vals, dtype=torch.float64, device=device), op)
+                   for op, vals in packs.items() if vals}
+        synced = {}
+        for name in names:
+            (reduce, on_step, prog_bar, logger), _ = next(iter(options[name].items()))
+            op, i = slots[name]
+            value = reduced[op][i] / reduced[op][i + 1] if reduce == "mean" else reduced[op][i]
+            local = out.get(name)
+            m = local[1] if local is not None else _Metric(name, on_step, True, prog_bar, logger, reduce, True)
+            dtype = local[0].dtype if local is not None else torch.float32
+            target = local[0].device if local is not None else device
+            synced[name] = (value.to(device=target, dtype=dtype), m)
+        return synced
 
     def reset(self) -> None:
         self.metrics.clear()

@@ -255,7 +255,12 @@ def test_process_dataloader_leaves_iterable_datasets(monkeypatch):
             return iter(range(4))
 
     loader = DataLoader(Stream(), batch_size=2)
-    assert _ddp(2, 0).process_dataloader(loader, "train") is loader
+    assert _ddp(2, 0).process_dataloader(loader, "val") is loader
+    # Training: the same data, in a loader that ends the epoch on every rank when one runs out (uneven shards)
+    from surge.strategies.uneven import EvenBatchesLoader
+
+    train = _ddp(2, 0).process_dataloader(loader, "train")
+    assert isinstance(train, EvenBatchesLoader) and train.dataset is loader.dataset and train.batch_size == 2
 
 
 def test_arguments_are_checked():

@@ -202,6 +202,13 @@ class DDP(Strategy):
         dist.all_gather(out, tensor)
         return torch.stack(out)
 
+    def all_gather_object(self, obj: Any) -> list:
+        if not dist.is_initialized():
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
     def reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
         if op not in _OPS:
             raise MisconfigurationError(f"reduce op must be one of {', '.join(_OPS)}, got {op!r}")
@@ -234,10 +241,16 @@ class DDP(Strategy):
 
         from ..data import rebuild_dataloader
 
-        if not self.use_distributed_sampler or self.world_size == 1 or not isinstance(loader, DataLoader):
+        if self.world_size == 1 or not isinstance(loader, DataLoader):
             return loader
-        if isinstance(loader.dataset, IterableDataset) or isinstance(loader.sampler, DistributedSampler):
-            return loader  # an iterable dataset splits itself; a DistributedSampler is the user's own
+        if isinstance(loader.dataset, IterableDataset):
+            if stage == "train":  # its shards may differ in length: end the epoch when any rank runs out
+                from .uneven import even_batches
+
+                return even_batches(loader, self)
+            return loader  # an iterable dataset splits itself
+        if not self.use_distributed_sampler or isinstance(loader.sampler, DistributedSampler):
+            return loader  # a DistributedSampler is the user's own
         if loader.batch_size is None or not isinstance(loader.sampler, (RandomSampler, SequentialSampler)):
             rank_zero_warn(f"the {stage} dataloader has a custom sampler or batch_sampler; surge leaves it as is, so "
                            f"every rank sees the data that sampler gives (set a DistributedSampler yourself, or pass "

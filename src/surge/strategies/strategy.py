@@ -99,6 +99,10 @@ class Strategy:
         """Stack ``tensor`` from every process along a new first dimension."""
         return tensor.unsqueeze(0)
 
+    def all_gather_object(self, obj: Any) -> list:
+        """``obj`` (picklable) from every process, as a list indexed by rank."""
+        return [obj]
+
     def reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
         """Reduce ``tensor`` across processes with ``op`` ("mean", "sum", "max", "min")."""
         return tensor
