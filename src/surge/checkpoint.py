@@ -23,6 +23,10 @@ class CheckpointError(SurgeError):
     """A checkpoint file that cannot be used: missing, corrupt, foreign, or of another model."""
 
 
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint could not be written (disk full, no permission, ...); also an ``OSError``."""
+
+
 def save_checkpoint(checkpoint: dict, path: str) -> None:
     """Write ``checkpoint`` to ``path`` atomically.
 
@@ -48,7 +52,7 @@ def save_checkpoint(checkpoint: dict, path: str) -> None:
                 pass
         os_error = _os_error_of(err)
         if os_error is not None:  # disk full, no permission, file too large, read-only file system ...
-            raise CheckpointError(
+            raise CheckpointWriteError(
                 f"could not write checkpoint {path!r}: {os_error.strerror or os_error} (errno {os_error.errno}). "
                 f"Nothing was written under that name: the previous checkpoints are intact. Free space or fix "
                 f"the folder's permissions (or choose another with ModelCheckpoint(dirpath=...))"

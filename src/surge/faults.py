@@ -1,0 +1,135 @@
+"""How a run fails: clear errors for faults the Trainer can recognise, and faults it can survive.
+
+* A loss that is NaN or inf: ``Trainer(on_nan="raise")`` stops with the step and batch index;
+  ``on_nan="skip"`` drops that step's update and counts it (:class:`NanPolicy`).
+* Out of memory: the error names the stage, hook, step, batch size and memory in use, and says
+  what to try (:func:`explain_oom`).
+* A callback that raises: the error carries the callback's name (:func:`name_the_callback`).
+* A logger that fails (its folder removed, a full disk, a server gone): one warning, and the run goes
+  on without it (:class:`LoggerGuard`).
+
+Everything here is off the hot path: it runs only when something already went wrong.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Optional
+
+import torch
+
+from .utils import MisconfigurationError, SurgeError
+
+NAN_POLICIES = ("raise", "skip")
+
+
+class OutOfMemoryError(SurgeError, torch.OutOfMemoryError):
+    """Out of device memory, with where it happened; still a ``torch.OutOfMemoryError`` for ``except`` clauses."""
+
+
+# ---------------------------------------------------------------------- non-finite losses
+class NanPolicy:
+    """What a non-finite loss does: ``"raise"`` (stop, naming step and batch) or ``"skip"`` the update.
+
+    Skipping needs the loss's value now, so on a GPU ``"skip"`` costs one host-device sync per step;
+    under several processes it also costs one small all-reduce per step, because every rank must skip
+    the same steps (a rank that skipped its backward would leave the others waiting in DDP's all-reduce).
+    """
+
+    def __init__(self, mode: str) -> None:
+        if mode not in NAN_POLICIES:
+            raise MisconfigurationError(f"on_nan must be one of {', '.join(map(repr, NAN_POLICIES))}, got {mode!r}")
+        self.mode = mode
+        self.skipped = 0
+
+    def finite_or_skip(self, trainer, loss: torch.Tensor, batch_idx: int, opt_idx: int) -> bool:
+        """``True`` when the step goes on; ``False`` when it was dropped (grads of the window zeroed)."""
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if trainer.world_size > 1:
+            finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return True
+        self.skipped += 1
+        optimizer = trainer.optimizers[opt_idx]
+        # Drop what this window accumulated so far: the next window starts from clean gradients.
+        optimizer.zero_grad(set_to_none=True)
+        trainer._grads_pending.discard(opt_idx)
+        trainer._results.log("train/nan_skipped", float(self.skipped), prog_bar=False, logger=True, on_step=True,
+                             on_epoch=False, reduce_fx="max", enable_graph=False, sync_dist=False,
+                             add_dataloader_idx=False, batch_size=1, rank_zero_only=False)
+        if self.skipped == 1 or math.log2(self.skipped).is_integer():
+            warnings.warn(f"surge: the loss is not finite at global step {trainer.global_step} (epoch "
+                          f"{trainer.current_epoch}, batch {batch_idx}); skipped this update "
+                          f"({self.skipped} skipped so far, logged as train/nan_skipped)", stacklevel=2)
+        return False
+
+
+# ---------------------------------------------------------------------- out of memory
+def _memory_in_use(device: Optional[torch.device]) -> str:
+    if device is not None and device.type == "cuda" and torch.cuda.is_available():
+        gib = 1024 ** 3
+        free, total = torch.cuda.mem_get_info(device)
+        return (f"{torch.cuda.memory_allocated(device) / gib:.2f} GiB allocated by tensors, "
+                f"{torch.cuda.memory_reserved(device) / gib:.2f} GiB reserved by PyTorch, "
+                f"{free / gib:.2f} of {total / gib:.2f} GiB free on {device}")
+    return f"(no CUDA memory statistics on {device})"
+
+
+def explain_oom(err: BaseException, trainer) -> Optional[OutOfMemoryError]:
+    """For a ``torch.OutOfMemoryError`` raised inside a run: the same error, saying where and what to try."""
+    if not isinstance(err, torch.OutOfMemoryError) or isinstance(err, OutOfMemoryError):
+        return None
+    state, results = trainer.state, trainer._results
+    hook = results.hook if results is not None else "?"
+    batch_size = results.batch_size if results is not None else "?"
+    device = getattr(trainer.strategy, "root_device", None)
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else "CUDA out of memory"
+    return OutOfMemoryError(
+        f"out of memory in stage {state.stage!r}, {hook}, at global step {state.global_step} (epoch {state.epoch}, "
+        f"batch {state.batch_idx}) with a batch of {batch_size}; memory in use: {_memory_in_use(device)}. "
+        f"To fit: lower the batch size and raise Trainer(accumulate_grad_batches=...) to keep the effective "
+        f"batch, use Trainer(precision='bf16-mixed') (or '16-mixed'), or shard the model with "
+        f"strategy='fsdp'. (torch said: {first_line})"
+    )
+
+
+# ---------------------------------------------------------------------- callbacks
+def name_the_callback(err: BaseException, callbacks) -> None:
+    """Add a note naming the callback whose method raised ``err`` (when one did, and no note says so yet).
+
+    The Trainer calls callbacks from several places; walking the traceback finds the callback
+    frame wherever it was called from.
+    """
+    if not hasattr(err, "add_note") or any("raised by callback" in n for n in getattr(err, "__notes__", ())):
+        return
+    ids = {id(cb) for cb in callbacks}
+    tb = err.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        owner = frame.f_locals.get("self")
+        if owner is not None and id(owner) in ids:
+            err.add_note(f"(raised by callback {type(owner).__name__}.{frame.f_code.co_name})")
+            return
+        tb = tb.tb_next
+
+
+# ---------------------------------------------------------------------- loggers
+class LoggerGuard:
+    """Calls logger methods so that a failing logger warns once and the run goes on without it.
+
+    A run of days must not die because a metrics folder was removed or a tracking server went away;
+    the checkpoints, not the logs, are what a run cannot lose.
+    """
+
+    def __init__(self) -> None:
+        self.failed: dict[int, str] = {}  # id(logger) -> the first error
+
+    def call(self, logger, method: str, *args: Any, **kwargs: Any) -> None:
+        if id(logger) in self.failed:
+            return
+        try:
+            getattr(logger, method)(*args, **kwargs)
+        except Exception as err:  # any failure of a logger: it is not worth the run
+            self.failed[id(logger)] = f"{type(err).__name__}: {err}"
+            warnings.warn(f"surge: logger {type(logger).__name__}.{method} failed ({type(err).__name__}: {err}); "
+                          f"training continues and this logger writes nothing more in this run", stacklevel=2)

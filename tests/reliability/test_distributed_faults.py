@@ -1,0 +1,190 @@
+"""Distributed faults with real processes (gloo on CPU): uneven data, rank-dependent logging, a soak with SIGKILLs."""
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+CLEAN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR", "TORCHELASTIC_RUN_ID",
+             "SURGE_LAUNCHER_PID", "NODE_RANK", "GROUP_RANK")
+
+
+def _run(cmd, cwd, timeout):
+    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+SCRIPT = r'''
+import os, sys
+from datetime import timedelta
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+import surge
+from surge.strategies.ddp import DDP
+
+case, out = sys.argv[1], sys.argv[2]
+
+
+class Uneven(IterableDataset):
+    """Rank r yields 3 + 2r batches' worth of samples: the ranks disagree on the epoch length."""
+
+    def __iter__(self):
+        rank = int(os.environ.get("RANK", 0))
+        g = torch.Generator().manual_seed(rank)
+        for _ in range((3 + 2 * rank) * 4):
+            yield torch.randn(32, generator=g)
+
+
+class Net(surge.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = torch.nn.Linear(32, 2)
+
+    def training_step(self, batch, batch_idx):
+        rank = self.trainer.global_rank
+        loss = self.layer(batch).pow(2).mean()
+        if case == "keys_epoch":
+            # different keys per rank, a key on rank 0 only, different counts per rank
+            self.log(f"only_rank{rank}", float(rank + 1), sync_dist=True, on_step=False, on_epoch=True)
+            self.log("shared_sum", 1.0, sync_dist=True, on_step=False, on_epoch=True, reduce_fx="sum")
+            if rank == 0 and batch_idx == 0:
+                self.log("rank0_max", 7.0, sync_dist=True, on_step=False, on_epoch=True, reduce_fx="max")
+        if case == "keys_step":
+            self.log(f"step_key_rank{rank}", float(rank), sync_dist=True, on_step=True, on_epoch=False)
+        if case == "reduce_conflict":
+            self.log("acc", float(rank), sync_dist=True, on_step=False, on_epoch=True,
+                     reduce_fx="max" if rank == 0 else "mean")
+        return loss
+
+    def on_train_epoch_end(self):
+        if case == "keys_epoch" and self.trainer.global_rank == 1:
+            self.log("from_epoch_end_rank1", 5.0, sync_dist=True)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+data = DataLoader(Uneven(), batch_size=4)
+if case != "uneven":
+    from torch.utils.data import TensorDataset
+    g = torch.Generator().manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randn(64, 32, generator=g)), batch_size=4, collate_fn=lambda b: torch.stack([x[0] for x in b]))
+trainer = surge.Trainer(accelerator="cpu", devices=2, strategy=DDP(timeout=timedelta(seconds=20)), max_epochs=2,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, log_every_n_steps=1)
+trainer.fit(Net(), data)
+torch.save({"step": trainer.global_step, "epoch": trainer.current_epoch,
+            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+            "weights": {k: v.clone() for k, v in trainer.module.state_dict().items()}},
+           os.path.join(out, f"rank{trainer.global_rank}.pt"))
+'''
+
+
+def _ddp(tmp_path, case, timeout=60):
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    proc = _run([sys.executable, str(script), case, str(tmp_path)], tmp_path, timeout)
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2) if (tmp_path / f"rank{r}.pt").exists()]
+    return proc, results
+
+
+def test_uneven_iterable_data_ends_the_epoch_on_every_rank_together(tmp_path):
+    proc, results = _ddp(tmp_path, "uneven")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # rank 0 has 3 batches, rank 1 has 5: every epoch ends after 3 on both, 2 epochs
+    assert [r["step"] for r in results] == [6, 6]
+    for k in results[0]["weights"]:
+        assert torch.equal(results[0]["weights"][k], results[1]["weights"][k])
+
+
+def test_different_keys_on_different_ranks_reduce_the_union_at_epoch_end(tmp_path):
+    proc, results = _ddp(tmp_path, "keys_epoch")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r in results:  # every rank sees every key, reduced over the ranks that logged it
+        m = r["metrics"]
+        assert m["only_rank0"] == 1.0 and m["only_rank1"] == 2.0
+        assert m["shared_sum"] == 16.0  # 8 batches per rank per epoch, summed over 2 ranks
+        assert m["rank0_max"] == 7.0 and m["from_epoch_end_rank1"] == 5.0
+
+
+def test_different_step_keys_with_sync_dist_are_a_clear_error_not_a_hang(tmp_path):
+    proc, results = _ddp(tmp_path, "keys_step")
+    assert proc.returncode != 0 and not results
+    assert "step_key_rank" in proc.stderr and "met a different self.log(..., sync_dist=True)" in proc.stderr
+
+
+def test_one_key_with_different_reduce_per_rank_is_an_error_naming_key_and_ranks(tmp_path):
+    proc, results = _ddp(tmp_path, "reduce_conflict")
+    assert proc.returncode != 0 and not results
+    assert "self.log('acc', sync_dist=True) was logged with different options" in proc.stderr
+    assert "reduce_fx='max', on_step=False on ranks [0]" in proc.stderr
+
+
+# ---------------------------------------------------------------------- soak: SIGKILLs under torchrun
+SOAK = r'''
+import os, signal, sys
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+import surge
+
+out, kills = sys.argv[1], [int(k) for k in sys.argv[2].split(",") if k]
+restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+surge.seed_everything(0)
+
+
+class Net(surge.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Dropout(0.1), torch.nn.Linear(16, 1))
+
+    def training_step(self, batch, batch_idx):
+        # the k-th start of rank 1 is killed (SIGKILL, no cleanup) at step kills[k]
+        if self.trainer.global_rank == 1 and restart < len(kills) and self.trainer.global_step == kills[restart]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+g = torch.Generator().manual_seed(1)
+x = torch.randn(400, 8, generator=g)
+data = DataLoader(TensorDataset(x, x[:, :1] - x[:, 1:2]), batch_size=4, shuffle=True)
+ckpt = surge.callbacks.ModelCheckpoint(dirpath=os.path.join(out, "ckpt"), every_n_train_steps=20, save_top_k=1,
+                                       save_last=True)
+trainer = surge.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=6, callbacks=[ckpt], logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=out)
+trainer.fit(Net(), data, ckpt_path="last")
+if trainer.is_global_zero:
+    torch.save({k: v.clone() for k, v in trainer.module.state_dict().items()}, os.path.join(out, "final.pt"))
+'''
+
+
+def _soak(tmp_path, name, kills):
+    out = tmp_path / name
+    out.mkdir()
+    script = tmp_path / "soak.py"
+    script.write_text(SOAK)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "--max-restarts", "5", "--monitor-interval", "0.5", str(script), str(out), ",".join(map(str, kills))]
+    proc = _run(cmd, tmp_path, timeout=150)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return torch.load(out / "final.pt"), proc
+
+
+@pytest.mark.skip(reason="open: after the first SIGKILL the workers torchrun restarts hang (see docs/reliability.md)")
+def test_soak_random_sigkills_under_torchrun_end_with_the_uninterrupted_weights(tmp_path):
+    rng = random.Random(os.environ.get("SURGE_SOAK_SEED", 0))
+    # 300 steps (6 epochs of 50); three kills at random steps, later each time, off the checkpoint steps
+    kills = sorted(rng.sample([s for s in range(5, 295) if s % 20], 3))
+    reference, _ = _soak(tmp_path, "uninterrupted", [])
+    resumed, proc = _soak(tmp_path, "killed", kills)
+    assert proc.stderr.count("SIGKILL") >= 1 or "Signals.SIGKILL" in proc.stderr or "exitcode: -9" in proc.stderr
+    assert reference.keys() == resumed.keys()
+    for k in reference:
+        assert torch.equal(reference[k], resumed[k]), k
