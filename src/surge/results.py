@@ -240,7 +240,8 @@ def _as_tensor(value, name: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise SurgeError(f"self.log({name!r}) needs a single number, got a tensor of shape {tuple(value.shape)}")
-        value = value.reshape(())
+        if value.dim():
+            value = value.reshape(())
         return value if value.is_floating_point() else value.double()
     if isinstance(value, bool) or not isinstance(value, numbers.Number):
         raise SurgeError(f"self.log({name!r}) needs a number or a one-element tensor, got {type(value).__name__}")

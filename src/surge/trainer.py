@@ -612,11 +612,17 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
     def _call(self, name: str, *args) -> Any:
         """Call hook ``name`` on every callback that defines it, then on the module."""
         self._results.hook = name
-        fns = self._hooks.get(name)
-        if fns is None:  # which callbacks override this hook is fixed for the run: look it up once
+        entry = self._hooks.get(name)
+        if entry is None:  # who overrides this hook is fixed for the run: look it up once
             base = getattr(Callback, name)
-            fns = self._hooks[name] = [getattr(cb, name) for cb in self.callbacks
-                                       if getattr(type(cb), name, base) is not base]
+            fns = [getattr(cb, name) for cb in self.callbacks if getattr(type(cb), name, base) is not base]
+            own = getattr(self.module, name, None)
+            if own is not None and getattr(Module, name, None) is not None and not _overrides(self.module, name, Module):
+                own = None  # the Module's own placeholder does nothing
+            entry = self._hooks[name] = (fns, own)
+        fns, own = entry
+        if not fns and own is None and self.profiler is None:
+            return None  # most hooks, most steps: nobody is listening
         with NO_PROFILE if self.profiler is None else self.profiler.profile(name):
             for fn in fns:
                 try:
@@ -625,8 +631,7 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
                     if hasattr(err, "add_note"):  # Python 3.11+: name the callback under the original traceback
                         err.add_note(f"(raised by callback {type(fn.__self__).__name__}.{name})")
                     raise
-            fn = getattr(self.module, name, None)
-            return fn(*args) if fn is not None else None
+            return own(*args) if own is not None else None
 
     # ================================================================== the fit loop
     def _fit_loop(self) -> None:
