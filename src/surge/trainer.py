@@ -771,17 +771,15 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
             # Gradients are synchronised across processes only on the last micro-batch of a window.
             with strategy.no_backward_sync(not boundary):
                 owns_backward = strategy.owns_backward  # a pipeline schedule runs backward inside its step
-                if owns_backward and opt_idx not in self._grads_pending:  # so zero before the step, not after
-                    self._call("on_before_zero_grad", optimizer)
-                    module.optimizer_zero_grad(self.state.epoch, batch_idx, optimizer)
+                if owns_backward:  # so its gradients are zeroed before the step, not after
+                    self._zero_grad_at_window_start(opt_idx, optimizer, batch_idx)
                 self._results.hook = "training_step"
                 with NO_PROFILE if self.profiler is None else self.profiler.profile("training_step"):
                     output = strategy.step("training", batch, batch_idx, *extra)
                 loss = _check_step_output(output, manual=False, needs_grad=not owns_backward)
                 if loss is not None and self._check_finite(loss, batch_idx, opt_idx):  # False: on_nan="skip" dropped it
-                    if opt_idx not in self._grads_pending and not owns_backward:  # first micro-batch of a window
-                        self._call("on_before_zero_grad", optimizer)
-                        module.optimizer_zero_grad(self.state.epoch, batch_idx, optimizer)
+                    if not owns_backward:
+                        self._zero_grad_at_window_start(opt_idx, optimizer, batch_idx)
                     self._call("on_before_backward", loss)
                     if not owns_backward:
                         self._backward(loss / self.accumulate_grad_batches if self.accumulate_grad_batches > 1 else loss)
@@ -805,6 +803,13 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
         # What on_train_batch_end sees holds no graph: the step's activations can be freed.
         outputs = [_detached_output(o) for o in outputs]
         return outputs[0] if len(outputs) == 1 else outputs
+
+    def _zero_grad_at_window_start(self, opt_idx: int, optimizer, batch_idx: int) -> None:
+        """Zero ``optimizer``'s gradients before the first backward of an accumulation window (as Lightning
+        does: gradients stay readable after the step, in on_train_batch_end and after fit)."""
+        if opt_idx not in self._grads_pending:
+            self._call("on_before_zero_grad", optimizer)
+            self.module.optimizer_zero_grad(self.state.epoch, batch_idx, optimizer)
 
     def _optimizer_steps(self, batch_idx: int) -> None:
         """Step every optimizer that holds gradients (an epoch ending inside a window), then count the step."""
