@@ -30,6 +30,7 @@ from .speed import SpeedSettings
 from .state import TrainerState
 from .trainer_checkpoint import CheckpointHandling
 from .trainer_data import DataHandling
+from .trainer_metrics import MetricsHandling
 from .strategies.strategy import Strategy, get_strategy
 from . import anomaly, faults
 from .profiler import NO_PROFILE, resolve_profiler
@@ -37,7 +38,7 @@ from .utils import MisconfigurationError, SurgeError, rank_zero_info, rank_zero_
 
 
 
-class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
+class Trainer(EvaluationLoops, MetricsHandling, DataHandling, CheckpointHandling):
     """Runs the training, evaluation and prediction of a :class:`surge.Module`.
 
     Example::
@@ -941,98 +942,6 @@ class Trainer(EvaluationLoops, DataHandling, CheckpointHandling):
         self.callback_metrics.clear()
         self.logged_metrics.clear()
         self.progress_bar_metrics.clear()
-
-    # ================================================================== metrics
-    def _log_step_metrics(self) -> None:
-        """Keep per-step values for the progress bar and callbacks; write them out every n steps."""
-        results = self._results
-        self._update_step_metrics()
-        if self.state.batches_seen % self.log_every_n_steps == 0 or self.state.should_stop:
-            self._raise_if_nonfinite()
-            metrics = results.step_metrics(for_logger=True)
-            if metrics:
-                self._write_metrics(metrics)
-            results.mark_step_written()
-
-    def _update_step_metrics(self) -> None:
-        """Put the values logged in this training step into ``callback_metrics`` and the progress bar's."""
-        for m in self._results.metrics.values():
-            if m.fresh and m.on_step:
-                key = f"{m.name}_step" if m.on_epoch else m.name
-                self.callback_metrics[key] = m.step_value
-                if not m.on_epoch or m.name not in self.callback_metrics:
-                    self.callback_metrics[m.name] = m.step_value
-                if m.prog_bar:
-                    self.progress_bar_metrics[key] = m.step_value
-
-    def _eval_step_metrics(self, results: Results, write: bool) -> None:
-        """Values logged with on_step=True in an evaluation step: to callback_metrics, the progress bar
-        and (outside the sanity check) the loggers, as training steps do; without this they were lost."""
-        fresh = [m for m in results.metrics.values() if m.fresh and m.on_step]
-        if not fresh:
-            return
-        for m in fresh:
-            key = f"{m.name}_step" if m.on_epoch else m.name
-            self.callback_metrics[key] = m.step_value
-            if m.prog_bar:
-                self.progress_bar_metrics[key] = m.step_value
-        if write:
-            metrics = results.step_metrics(for_logger=True)
-            if metrics:
-                self._write_metrics(metrics)
-        results.mark_step_written()
-
-    def _epoch_end(self, stage: str, log: bool = True) -> dict[str, torch.Tensor]:
-        """Reduce the epoch metrics into ``callback_metrics`` and the loggers.
-
-        For the training epoch this also runs the ``on_train_epoch_end`` hooks, in the order that lets
-        ModelCheckpoint and EarlyStopping see what the module logged in its own epoch-end hook.
-        (Validation and test run their epoch-end hooks in ``_run_eval``, before this.)
-        """
-        if stage == "train":
-            self._results.hook = "on_train_epoch_end"
-            for cb in self.callbacks:
-                if not cb.reads_epoch_metrics:
-                    cb.on_train_epoch_end(self, self.module)
-            self.module.on_train_epoch_end()
-        epoch_values, to_log = {}, {}
-        for key, (value, m) in self._results.epoch_metrics().items():
-            out_key = f"{key}_epoch" if m.on_step else key
-            epoch_values[out_key] = value
-            self.callback_metrics[out_key] = value
-            self.callback_metrics[key] = value
-            if m.prog_bar:
-                self.progress_bar_metrics[out_key] = value
-            if m.logger:
-                to_log[out_key] = value
-        if log and to_log:
-            self._write_metrics(to_log)
-        if stage == "train":
-            for cb in self.callbacks:
-                if cb.reads_epoch_metrics:
-                    cb.on_train_epoch_end(self, self.module)
-        return epoch_values
-
-    def _write_metrics(self, metrics: dict) -> None:
-        """Hand metrics to the loggers (rank 0 only): the one place values leave the device."""
-        values = {k: float(v) for k, v in metrics.items()}
-        self.logged_metrics.update(metrics)
-        if not self.is_global_zero or not self.loggers:
-            return
-        values["epoch"] = self.state.epoch
-        for lg in self.loggers:
-            self._logger_guard.call(lg, "log_metrics", values, step=self.state.global_step)
-
-    def _log_hyperparams(self) -> None:
-        if not self.is_global_zero or not self.loggers:
-            return
-        params, skipped = self.module._plain_hparams()
-        if self.datamodule is not None:
-            dm_params, dm_skipped = self.datamodule._plain_hparams()
-            params.update(dm_params)
-        if params:
-            for lg in self.loggers:
-                self._logger_guard.call(lg, "log_hyperparams", params)
 
 # ====================================================================== module checks
 def _has_step(module, name: str) -> bool:
