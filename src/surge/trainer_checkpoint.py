@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from . import resume
-from .checkpoint import CheckpointError, load_checkpoint, load_module_state, save_checkpoint
+from .checkpoint import CheckpointError
 from .utils import MisconfigurationError, rank_zero_warn
 
 
@@ -98,13 +98,9 @@ class CheckpointHandling:
             if cb.last_model_path and os.path.exists(cb.last_model_path):  # a file, or a sharded folder
                 candidates.append(cb.last_model_path)
             candidates.extend(cb.find_existing(self))
-        roots = {self.default_root_dir}
-        found = []
-        for root in roots:
-            for dirpath, _, files in os.walk(root):
-                if os.path.basename(dirpath) == "checkpoints":
-                    found.extend(os.path.join(dirpath, f) for f in files if f.endswith(".ckpt") and not f.startswith("."))
-        candidates.extend(found)
+        for dirpath, _, files in os.walk(self.default_root_dir):
+            if os.path.basename(dirpath) == "checkpoints":
+                candidates.extend(os.path.join(dirpath, f) for f in files if f.endswith(".ckpt") and not f.startswith("."))
         candidates = [c for c in candidates if os.path.exists(c)]
         if not candidates:
             return None

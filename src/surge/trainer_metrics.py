@@ -1,6 +1,8 @@
 """Where logged values go: callback_metrics, the progress bar, the loggers; part of the Trainer."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .results import Results
@@ -23,28 +25,24 @@ class MetricsHandling:
                 self._write_metrics(metrics)
             results.mark_step_written()
 
-    def _update_step_metrics(self) -> None:
-        """Put the values logged in this training step into ``callback_metrics`` and the progress bar's."""
-        for m in self._results.metrics.values():
+    def _update_step_metrics(self, results: Optional[Results] = None) -> None:
+        """Put the values logged with on_step=True in this step (training by default, or the evaluation
+        ``results``) into ``callback_metrics`` and the progress bar's."""
+        results = results or self._results
+        training = results.stage == "train"
+        for m in results.metrics.values():
             if m.fresh and m.on_step:
                 key = f"{m.name}_step" if m.on_epoch else m.name
                 self.callback_metrics[key] = m.step_value
-                if not m.on_epoch or m.name not in self.callback_metrics:
-                    self.callback_metrics[m.name] = m.step_value
+                if training and m.name not in self.callback_metrics:
+                    self.callback_metrics[m.name] = m.step_value  # until the epoch value replaces it
                 if m.prog_bar:
                     self.progress_bar_metrics[key] = m.step_value
 
     def _eval_step_metrics(self, results: Results, write: bool) -> None:
         """Values logged with on_step=True in an evaluation step: to callback_metrics, the progress bar
-        and (outside the sanity check) the loggers, as training steps do; without this they were lost."""
-        fresh = [m for m in results.metrics.values() if m.fresh and m.on_step]
-        if not fresh:
-            return
-        for m in fresh:
-            key = f"{m.name}_step" if m.on_epoch else m.name
-            self.callback_metrics[key] = m.step_value
-            if m.prog_bar:
-                self.progress_bar_metrics[key] = m.step_value
+        and (outside the sanity check) the loggers, as training steps do."""
+        self._update_step_metrics(results)
         if write:
             metrics = results.step_metrics(for_logger=True)
             if metrics:
