@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..launch import ClusterEnvironment, LocalLauncher, detect_environment, watch_parent
 from ..utils import MisconfigurationError, rank_zero_only, rank_zero_warn
+from .collectives import explain, is_collective_failure
 from .strategy import Strategy, register
 
 _EXIT_BARRIER_TIMEOUT = timedelta(seconds=30)
@@ -74,6 +75,8 @@ class DDP(Strategy):
         self._launcher: Optional[LocalLauncher] = None
         self._owns_group = False
         self._failed = False  # set when this rank raised: then exit without the closing barrier
+        self._op_names: list[tuple[str, bool]] = []  # (what, named by a caller) of the collectives running now
+        self.final_batch_out = False  # set by the uneven-data loader: gradients must synchronise from now on
 
     # ------------------------------------------------------------------ processes
     @property
@@ -166,32 +169,72 @@ class DDP(Strategy):
     # ------------------------------------------------------------------ the step
     def step(self, stage: str, *args) -> Any:
         if stage == "training" and isinstance(self.model, DistributedDataParallel):
-            with self.precision.autocast():
+            with self.precision.autocast(), self._op("the training step (DDP's forward, which broadcasts buffers "
+                                                     "from rank 0, or a collective in training_step)"):
                 return self.model(stage, *args)
         # Evaluation needs no gradient hooks: call the module directly.
         return super().step(stage, *args)
 
+    def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        with self.collective("the gradient synchronisation in backward"):
+            super().backward(loss, *args, **kwargs)
+
     def no_backward_sync(self, active: bool):
-        if active and isinstance(self.model, DistributedDataParallel):
+        # The uneven-data loader handed out the epoch's last batch, maybe inside an accumulation window:
+        # synchronise anyway, or the epoch-end optimizer step would use each rank's own gradients.
+        if active and not self.final_batch_out and isinstance(self.model, DistributedDataParallel):
             return self.model.no_sync()
         return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ collectives
+    def collective(self, what: str):
+        """Name the collectives run inside: if one fails (a timeout, a lost peer), raise
+        :class:`~surge.strategies.collectives.CollectiveError` naming ``what``, the ranks that never came
+        and where the others were waiting (see :mod:`surge.strategies.collectives`).
+
+        The name wins over the strategy's generic names for the collectives run inside (its all_gather,
+        reduce, ...), so a caller that knows what they are for names them::
+
+            with strategy.collective("the all_gather of self.log('acc', sync_dist=True)"):
+                strategy.all_gather(value)
+        """
+        return self._guard(what, named=True)
+
+    def _op(self, default: str):
+        """Guard one of the strategy's own collectives, named ``default`` unless a caller named it already."""
+        if self._op_names and self._op_names[-1][1]:
+            return self._guard(self._op_names[-1][0], named=True)
+        return self._guard(default, named=False)
+
+    @contextlib.contextmanager
+    def _guard(self, what: str, named: bool):
+        self._op_names.append((what, named))
+        try:
+            yield
+        except Exception as err:
+            if not is_collective_failure(err):
+                raise
+            raise explain(err, what, self.global_rank, self.world_size, self.timeout) from err
+        finally:
+            self._op_names.pop()
+
     def _collective_device(self) -> torch.device:
         return self.root_device if dist.get_backend() == "nccl" else torch.device("cpu")
 
     def barrier(self, name: str = "") -> None:
         if dist.is_initialized():
-            if dist.get_backend() == "nccl":
-                dist.barrier(device_ids=[self.root_device.index])
-            else:
-                dist.barrier()
+            with self._op(f"the barrier {name!r}" if name else "a barrier"):
+                if dist.get_backend() == "nccl":
+                    dist.barrier(device_ids=[self.root_device.index])
+                else:
+                    dist.barrier()
 
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         if not dist.is_initialized():
             return obj
         box = [obj]
-        dist.broadcast_object_list(box, src=src, device=self._collective_device())
+        with self._op(f"a broadcast from rank {src}"):
+            dist.broadcast_object_list(box, src=src, device=self._collective_device())
         return box[0]
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -199,14 +242,16 @@ class DDP(Strategy):
             return tensor.unsqueeze(0)
         tensor = tensor.contiguous()
         out = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        dist.all_gather(out, tensor)
+        with self._op("an all_gather"):
+            dist.all_gather(out, tensor)
         return torch.stack(out)
 
     def all_gather_object(self, obj: Any) -> list:
         if not dist.is_initialized():
             return [obj]
         out = [None] * self.world_size
-        dist.all_gather_object(out, obj)
+        with self._op("an all_gather of Python objects"):
+            dist.all_gather_object(out, obj)
         return out
 
     def reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
@@ -218,14 +263,16 @@ class DDP(Strategy):
         out = tensor.detach().clone()
         if op == "mean" and not out.is_floating_point():
             out = out.float()
-        dist.all_reduce(out, op=_OPS[op])
+        with self._op(f"an all_reduce ({op})"):
+            dist.all_reduce(out, op=_OPS[op])
         return out / self.world_size if op == "mean" else out
 
     def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
         if not dist.is_initialized():
             return decision
         votes = torch.tensor(int(bool(decision)), device=self._collective_device())
-        dist.all_reduce(votes, op=dist.ReduceOp.SUM)
+        with self._op("a vote of every rank (reduce_boolean_decision)"):
+            dist.all_reduce(votes, op=dist.ReduceOp.SUM)
         return bool(votes == self.world_size) if all else bool(votes > 0)
 
     # ------------------------------------------------------------------ data
