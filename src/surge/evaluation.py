@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 
-from .data import batch_size_of
 from .results import Results
 
 STAGE_PREFIX = {"validate": "validation", "sanity_check": "validation", "test": "test", "predict": "predict"}
@@ -47,7 +46,7 @@ class EvaluationLoops:
                     if limit is not None and batch_idx >= limit:
                         break
                     batch = self._to_device(batch, dl_idx)
-                    results.batch_size = batch_size_of(batch)
+                    results.new_batch(batch)
                     self._call(f"on_{prefix}_batch_start", batch, batch_idx, *extra)
                     results.hook = step_name
                     output = self.strategy.step(prefix, batch, batch_idx, *extra)

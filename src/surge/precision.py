@@ -18,6 +18,7 @@ _ALIASES = {"32": "32-true", 32: "32-true", "32-true": "32-true",
             "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
             "bf16-true": "bf16-true", "16-true": "16-true"}
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
+_NOTHING = contextlib.nullcontext()  # reusable: float32 enters it every step
 
 
 class Precision:
@@ -35,7 +36,7 @@ class Precision:
     def autocast(self):
         """Context the forward pass runs in (the ``-true`` precisions: tensors created in it take the
         parameters' dtype, so ``torch.ones(n)`` in a step matches the model)."""
-        return _default_dtype(self.param_dtype) if self.param_dtype is not None else contextlib.nullcontext()
+        return _default_dtype(self.param_dtype) if self.param_dtype is not None else _NOTHING
 
     def convert_input(self, data):
         """``data`` with its floating-point tensors in the parameters' dtype (the ``-true`` precisions;

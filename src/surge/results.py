@@ -6,12 +6,14 @@ a logger or the progress bar writes them out.
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
 import zlib
 from typing import Callable, Optional, Union
 
 import torch
 
+from .data import batch_size_of
 from .utils import SurgeError
 
 _REDUCE_NAMES = {"mean": "mean", "avg": "mean", "sum": "sum", "max": "max", "min": "min"}
@@ -73,11 +75,45 @@ class Results:
         self.strategy = strategy
         self.metrics: dict[str, _Metric] = {}
         self.hook: str = ""           # the hook now running: picks defaults and checks where log is allowed
-        self.batch_size: int = 1      # of the current batch, for the weighted epoch mean
+        self.batch = None             # the current batch: its size weighs the epoch mean, read when needed
+        self._batch_size: Optional[int] = None
         self.dataloader_idx: Optional[int] = None  # set when a stage has several dataloaders
+        self._checked: dict[tuple, _Metric] = {}  # self.log's options (and hook) -> the metric they were checked for
+
+    def new_batch(self, batch) -> None:
+        self.batch, self._batch_size = batch, None
+
+    @property
+    def batch_size(self) -> int:
+        """The size of the current batch (1 when none or it holds no tensor), found on first use."""
+        if self._batch_size is None:
+            self._batch_size = batch_size_of(self.batch) if self.batch is not None else 1
+        return self._batch_size
 
     def log(self, name, value, *, prog_bar, logger, on_step, on_epoch, reduce_fx, enable_graph, sync_dist,
             add_dataloader_idx, batch_size, rank_zero_only) -> None:
+        # A step logs the same names with the same options every batch: check those once per epoch.
+        key = (name, self.hook, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist, add_dataloader_idx,
+               self.dataloader_idx)
+        try:
+            metric = self._checked.get(key)
+        except TypeError:  # an unhashable option: the full check below says what is wrong with it
+            key, metric = None, None
+        if metric is None:
+            metric = self._metric_for(name, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist, add_dataloader_idx)
+            if key is not None:
+                self._checked[key] = metric
+        tensor = _as_tensor(value, name)
+        if not enable_graph:
+            tensor = tensor.detach()
+        if sync_dist and metric.on_step and self.strategy is not None and self.strategy.world_size > 1:
+            tensor = self._sync_step_value(metric.name, metric.reduce, tensor)
+        if batch_size is None and metric.on_epoch and metric.reduce == "mean":
+            batch_size = self.batch_size
+        metric.update(tensor, batch_size)
+
+    def _metric_for(self, name, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist, add_dataloader_idx) -> _Metric:
+        """The metric a ``self.log`` call goes to, its options checked against the hook and earlier calls."""
         hook = self.hook
         if not isinstance(name, str) or not name:
             raise SurgeError(f"self.log: name must be a non-empty str, got {name!r}")
@@ -93,9 +129,6 @@ class Results:
         if not (on_step or on_epoch):
             raise SurgeError(f"self.log({name!r}): on_step and on_epoch are both False, so the value would go nowhere")
         reduce = _reduce_name(reduce_fx, name)
-        tensor = _as_tensor(value, name)
-        if not enable_graph:
-            tensor = tensor.detach()
         if add_dataloader_idx and self.dataloader_idx is not None:
             name = f"{name}/dataloader_idx_{self.dataloader_idx}"
         metric = self.metrics.get(name)
@@ -107,9 +140,7 @@ class Results:
                 f"but earlier in this {self.stage} epoch with on_step={metric.on_step}, on_epoch={metric.on_epoch}, "
                 f"reduce_fx={metric.reduce!r}; use the same options every time"
             )
-        if sync_dist and on_step and self.strategy is not None and self.strategy.world_size > 1:
-            tensor = self._sync_step_value(name, reduce, tensor)
-        metric.update(tensor, batch_size if batch_size is not None else self.batch_size)
+        return metric
 
     # ------------------------------------------------------------------ read-outs
     def step_metrics(self, for_logger: bool) -> dict[str, torch.Tensor]:
@@ -149,7 +180,8 @@ class Results:
         tag = float(zlib.crc32(f"{name}|{reduce}".encode()))
         pair = torch.stack([torch.tensor(tag, dtype=torch.float64, device=device),
                             tensor.detach().to(device=device, dtype=torch.float64)])
-        gathered = strategy.all_gather(pair)  # (world, 2)
+        with _named(strategy, f"the all_gather of the step value self.log({name!r}, sync_dist=True)"):
+            gathered = strategy.all_gather(pair)  # (world, 2)
         tags = gathered[:, 0].tolist()
         if any(t != tag for t in tags):
             same = [r for r, t in enumerate(tags) if t == tag]
@@ -176,7 +208,9 @@ class Results:
         """
         strategy = self.strategy
         mine = sorted((name, m.reduce, m.on_step, m.prog_bar, m.logger) for name, (_, m) in out.items() if m.sync_dist)
-        everyone = strategy.all_gather_object(mine)
+        what = f"the {self.stage} epoch-end reduction of the values logged with sync_dist=True"
+        with _named(strategy, what):
+            everyone = strategy.all_gather_object(mine)
         options: dict[str, dict[tuple, list[int]]] = {}
         for rank, entries in enumerate(everyone):
             for name, reduce, on_step, prog_bar, logger in entries:
@@ -207,8 +241,9 @@ class Results:
                 op = "sum" if reduce == "sum" else reduce
                 slots[name] = (op, len(packs[op]))
                 packs[op].append(float(m.total) if m is not None else neutral[reduce])
-        reduced = {op: strategy.reduce(torch.tensor(vals, dtype=torch.float64, device=device), op)
-                   for op, vals in packs.items() if vals}
+        with _named(strategy, f"{what} ({', '.join(names)})"):
+            reduced = {op: strategy.reduce(torch.tensor(vals, dtype=torch.float64, device=device), op)
+                       for op, vals in packs.items() if vals}
         synced = {}
         for name in names:
             (reduce, on_step, prog_bar, logger), _ = next(iter(options[name].items()))
@@ -223,6 +258,13 @@ class Results:
 
     def reset(self) -> None:
         self.metrics.clear()
+        self._checked.clear()
+
+
+def _named(strategy, what: str):
+    """``strategy.collective(what)``: a failing collective inside names ``what`` (strategies without it: nothing)."""
+    collective = getattr(strategy, "collective", None)
+    return collective(what) if collective is not None else contextlib.nullcontext()
 
 
 def _reduce_name(reduce_fx: Union[str, Callable], name: str) -> str:

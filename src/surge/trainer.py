@@ -16,7 +16,7 @@ import torch
 from . import trainer_args as targs
 from .accelerators import parse_devices, resolve_accelerator
 from .callbacks.base import Callback
-from .data import batch_size_of, check_limit
+from .data import check_limit
 from .datamodule import DataModule, _overrides
 from .evaluation import STAGE_PREFIX, EvaluationLoops
 from .module import Module
@@ -613,15 +613,7 @@ class Trainer(EvaluationLoops, MetricsHandling, DataHandling, CheckpointHandling
     def _call(self, name: str, *args) -> Any:
         """Call hook ``name`` on every callback that defines it, then on the module."""
         self._results.hook = name
-        entry = self._hooks.get(name)
-        if entry is None:  # who overrides this hook is fixed for the run: look it up once
-            base = getattr(Callback, name)
-            fns = [getattr(cb, name) for cb in self.callbacks if getattr(type(cb), name, base) is not base]
-            own = getattr(self.module, name, None)
-            if own is not None and getattr(Module, name, None) is not None and not _overrides(self.module, name, Module):
-                own = None  # the Module's own placeholder does nothing
-            entry = self._hooks[name] = (fns, own)
-        fns, own = entry
+        fns, own = self._hooks.get(name) or self._listeners(name)
         if not fns and own is None and self.profiler is None:
             return None  # most hooks, most steps: nobody is listening
         with NO_PROFILE if self.profiler is None else self.profiler.profile(name):
@@ -633,6 +625,23 @@ class Trainer(EvaluationLoops, MetricsHandling, DataHandling, CheckpointHandling
                         err.add_note(f"(raised by callback {type(fn.__self__).__name__}.{name})")
                     raise
             return own(*args) if own is not None else None
+
+    def _listeners(self, name: str) -> tuple[list, Any]:
+        """The callbacks' bound ``name`` hooks and the module's (``None`` when it keeps the placeholder).
+        Who overrides a hook is fixed for the run: looked up once."""
+        entry = self._hooks.get(name)
+        if entry is None:
+            base = getattr(Callback, name)
+            fns = [getattr(cb, name) for cb in self.callbacks if getattr(type(cb), name, base) is not base]
+            own = getattr(self.module, name, None)
+            if own is not None and getattr(Module, name, None) is not None and not _overrides(self.module, name, Module):
+                own = None  # the Module's own placeholder does nothing
+            entry = self._hooks[name] = (fns, own)
+        return entry
+
+    def _listened(self, name: str) -> bool:
+        fns, own = self._listeners(name)
+        return bool(fns) or own is not None or self.profiler is not None
 
     # ================================================================== the fit loop
     def _fit_loop(self) -> None:
@@ -681,6 +690,7 @@ class Trainer(EvaluationLoops, MetricsHandling, DataHandling, CheckpointHandling
         skip, read_and_drop = self._position_epoch()
         batch_idx, exhausted = -1, True
         batches = self._speed.wrap_train_loader(self, self.train_dataloader)  # CUDA: next batch copies during this step
+        batch_end_listened = self._listened("on_train_batch_end")
         for batch_idx, batch in enumerate(batches, start=0 if read_and_drop else skip):
             if batch_idx < skip:
                 if batch_idx + 1 == skip:
@@ -690,7 +700,7 @@ class Trainer(EvaluationLoops, MetricsHandling, DataHandling, CheckpointHandling
                 batch_idx -= 1
                 break
             batch = self._to_device(batch, 0)
-            results.batch_size = batch_size_of(batch)
+            results.new_batch(batch)
             if self._call("on_train_batch_start", batch, batch_idx) == -1:
                 batch_idx -= 1
                 break
@@ -698,8 +708,13 @@ class Trainer(EvaluationLoops, MetricsHandling, DataHandling, CheckpointHandling
                 output = self._train_batch(batch, batch_idx, last=limit is not None and batch_idx + 1 == limit)
             state.batch_idx = batch_idx + 1
             state.batches_seen += 1
-            self._update_step_metrics()  # on_train_batch_end (ModelCheckpoint, the bar) sees this step's values
-            self._call("on_train_batch_end", output, batch, batch_idx)
+            if batch_end_listened:
+                self._update_step_metrics()  # on_train_batch_end (ModelCheckpoint, the bar) sees this step's values
+                # What it sees holds no graph: the step's activations can be freed.
+                if module.automatic_optimization:
+                    output = _detached_output(output)
+                self._call("on_train_batch_end", output, batch, batch_idx)
+            del output  # a skipped step's graph (on_nan="skip") is freed before the next forward
             self._log_step_metrics()
             if self._val_due(batch_idx, limit, end_of_epoch=False):
                 self._validation_in_fit()
@@ -728,6 +743,7 @@ class Trainer(EvaluationLoops, MetricsHandling, DataHandling, CheckpointHandling
         folder = callback.dirpath if callback is not None and callback.dirpath else os.path.join(self.default_root_dir, "checkpoints")
         path = os.path.join(folder, "last.ckpt")
         self.save_checkpoint(path)
+        self.strategy.wait_for_checkpoint()  # on disk before the requeue: the job may be killed right after
         if callback is not None:
             callback.last_model_path = path
         received = self._preemption.received
@@ -801,8 +817,6 @@ class Trainer(EvaluationLoops, MetricsHandling, DataHandling, CheckpointHandling
                 break
         if stepped:
             self._end_step()
-        # What on_train_batch_end sees holds no graph: the step's activations can be freed.
-        outputs = [_detached_output(o) for o in outputs]
         return outputs[0] if len(outputs) == 1 else outputs
 
     def _zero_grad_at_window_start(self, opt_idx: int, optimizer, batch_idx: int) -> None:
@@ -854,7 +868,7 @@ class Trainer(EvaluationLoops, MetricsHandling, DataHandling, CheckpointHandling
             return self._nan.finite_or_skip(self, loss, batch_idx, opt_idx)
         # On the CPU reading the loss costs nothing; on a GPU it would stall the pipeline every step,
         # so there the first bad step is recorded on the device and read when metrics are written.
-        if loss.device.type == "cpu" or self.detect_anomaly:  # detect_anomaly: say so now, sync or not
+        if loss.is_cpu or self.detect_anomaly:  # detect_anomaly: say so now, sync or not
             value = loss.item()  # ~1 us on a CPU scalar; torch.isfinite would cost 20x that
             if not math.isfinite(value):
                 raise SurgeError(f"the loss is {value} at global step {self.state.global_step} "
@@ -874,7 +888,7 @@ class Trainer(EvaluationLoops, MetricsHandling, DataHandling, CheckpointHandling
                 raise SurgeError(f"the loss became non-finite (NaN or inf) at global step {step} (epoch {self.state.epoch})")
 
     def _step_schedulers(self, interval: str) -> None:
-        if not self.module.automatic_optimization:
+        if not self.lr_scheduler_configs or not self.module.automatic_optimization:
             return
         for config in self.lr_scheduler_configs:
             if config.interval != interval:
@@ -981,7 +995,9 @@ def _check_step_output(output, manual: bool, needs_grad: bool = True):
 
 def _detached_output(output):
     """``training_step``'s output for ``on_train_batch_end``: a loss tensor becomes ``{"loss": loss}``;
-    the tensors of a dict are detached."""
+    the tensors of a dict are detached (a list: one output per optimizer)."""
+    if isinstance(output, list):
+        return [_detached_output(o) for o in output]
     if isinstance(output, torch.Tensor):
         return {"loss": output.detach()}
     if isinstance(output, dict):

@@ -15,6 +15,8 @@ import torch
 from ..precision import Precision, get_precision
 
 _REGISTRY: dict[str, type] = {}
+_NOTHING = contextlib.nullcontext()  # reusable and reentrant: returned every step where nothing is to be done
+_STEP_HOOKS = {stage: f"{stage}_step" for stage in ("training", "validation", "test", "predict")}
 
 
 def register(*names: str):
@@ -128,14 +130,14 @@ class Strategy:
         """Run the module's ``{stage}_step(*args)`` (stage: training, validation, test, predict) under the
         precision's autocast, through the wrapper that distributed strategies need for their hooks."""
         with self.precision.autocast():
-            return getattr(self.module, f"{stage}_step")(*args)
+            return getattr(self.module, _STEP_HOOKS[stage])(*args)
 
     def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
         self.precision.backward(loss, *args, **kwargs)
 
     def no_backward_sync(self, active: bool):
         """Context under which backward does not synchronise gradients (accumulation micro-batches)."""
-        return contextlib.nullcontext()
+        return _NOTHING
 
     def optimizer_step(self, optimizer, closure=None) -> bool:
         return self.precision.optimizer_step(optimizer, closure)
@@ -171,6 +173,20 @@ class Strategy:
             from ..checkpoint import save_checkpoint
 
             save_checkpoint(checkpoint, path)
+
+    def wait_for_checkpoint(self) -> None:
+        """Block until the checkpoints this strategy started saving are complete on disk (a strategy that
+        writes in the background; here saves are synchronous: nothing to wait for)."""
+
+    def remove_checkpoint(self, path: str) -> None:
+        """Delete the checkpoint at ``path`` (a file, or a sharded folder): rank 0 does it. A strategy that
+        writes in the background deletes only once the save in flight is committed."""
+        import os
+
+        if self.is_global_zero and os.path.lexists(path):
+            from .fsdp_checkpoint import _remove
+
+            _remove(path)
 
     def load_checkpoint(self, path: str, optimizers=()) -> dict:
         """Read the checkpoint at ``path``: a file, or a sharded (DCP) directory, gathered whole here."""
