@@ -78,11 +78,12 @@ def data(n):
 
 if cfg["fsdp"]:
     strategy = FSDP(auto_wrap={Block}, state_dict_type=cfg.get("state_dict_type", "sharded"),
-                    activation_checkpointing={Block} if cfg.get("ac") else None)
+                    activation_checkpointing={Block} if cfg.get("ac") else None,
+                    async_save=cfg.get("async_save", False), hsdp=cfg.get("hsdp"))
 else:
     strategy = "auto"
 model = Net()
-trainer = surge.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=cfg["steps"],
+trainer = surge.Trainer(accelerator=cfg.get("accelerator", "cpu"), devices=devices, strategy=strategy, max_steps=cfg["steps"],
                         precision=cfg.get("precision", "32-true"),
                         accumulate_grad_batches=cfg.get("accumulate", 1), gradient_clip_val=cfg.get("clip"),
                         logger=False, enable_progress_bar=False, enable_model_summary=False,
@@ -97,10 +98,14 @@ sd = trainer.strategy.module_state_dict() if not cfg["fsdp"] else None
 if cfg["fsdp"]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     sd = get_model_state_dict(trainer.strategy.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+# the optimizer steps the grad scaler skipped ("16-mixed"), on every rank
+skipped = trainer.strategy.all_gather_object(getattr(trainer.strategy.precision, "skipped_steps", 0)) \
+    if cfg["fsdp"] else [getattr(trainer.strategy.precision, "skipped_steps", 0)]
 if trainer.is_global_zero:
     torch.save({"weights": {k: v.detach().clone() for k, v in sd.items()}, "losses": model.losses,
                 "step": trainer.global_step, "dtypes": sorted({str(p.dtype) for p in model.parameters()}),
-                "logged": float(trainer.callback_metrics["train_loss"])}, os.path.join(out, "result.pt"))
+                "logged": float(trainer.callback_metrics["train_loss"]),
+                "skipped": skipped}, os.path.join(out, "result.pt"))
 '''
 
 
@@ -172,10 +177,16 @@ def test_sharded_checkpoint_resumes_on_other_world_sizes(runs):
         _assert_close(full["weights"], resumed["weights"])
 
 
+def _end_run(runs):
+    """2 ranks, 20 steps, ModelCheckpoint every 5 steps (top 2 and last) written with async_save, then
+    trainer.save_checkpoint("end.ckpt") after fit (synchronous: outside a stage nothing would wait)."""
+    return runs("fsdp2_end", devices=2, async_save=True, save=str(runs.tmp / "end.ckpt"), ckpt_dir=str(runs.tmp / "mc"))
+
+
 def test_consolidate_loads_into_plain_module(runs, tmp_path):
     full = runs("fsdp2", devices=2)
     ckpt = str(runs.tmp / "end.ckpt")
-    runs("fsdp2_end", devices=2, save=ckpt, ckpt_dir=str(runs.tmp / "mc"))
+    _end_run(runs)
     # ModelCheckpoint writes folders too, and drops the ones that leave the top k
     assert sorted(os.listdir(runs.tmp / "mc")) == ["epoch=0-step=15.ckpt", "epoch=0-step=20.ckpt", "last.ckpt"]
     assert os.path.isfile(runs.tmp / "mc" / "last.ckpt" / "surge_meta.pt")
@@ -214,6 +225,91 @@ def test_meta_init_bf16_and_activation_checkpointing(runs):
     assert run["weights"]["inp.weight"].shape == (9, 8)
 
 
+def test_hsdp_four_ranks_match_one_process(runs):
+    """A 2-D mesh: 2 replicas x 2 shards. Gradients are reduce-scattered within each shard group and
+    all-reduced across the replicas: the same math as one process on the whole batches."""
+    single = runs("single", fsdp=False)
+    hsdp = runs("hsdp_2x2", devices=4, hsdp=[2, 2])
+    assert hsdp["step"] == 20
+    _assert_close(single["weights"], hsdp["weights"])
+    assert hsdp["losses"] == pytest.approx(single["losses"], abs=1e-5)
+
+
+def test_async_save_resumes_like_sync(runs):
+    """async_save=True: the same training, the checkpoints complete when fit returns (the stale top-k
+    ones removed only after the newer one was committed), and they resume with the uninterrupted losses."""
+    full = runs("fsdp2", devices=2)
+    mc = runs.tmp / "mc"
+    run = _end_run(runs)
+    assert run["losses"] == full["losses"]
+    _assert_close(full["weights"], run["weights"], tol=0)
+    # no temporary folders left: every checkpoint is committed under its name, with all its parts
+    assert sorted(os.listdir(mc)) == ["epoch=0-step=15.ckpt", "epoch=0-step=20.ckpt", "last.ckpt"]
+    for name in os.listdir(mc):
+        assert {".metadata", "surge_meta.pt", "__0_0.distcp", "__1_0.distcp"} <= set(os.listdir(mc / name)), name
+    resumed = runs("resume_async", devices=2, resume=str(mc / "epoch=0-step=15.ckpt"))
+    assert resumed["step"] == 20
+    assert resumed["losses"] == pytest.approx(full["losses"][15:], abs=1e-5)
+    _assert_close(full["weights"], resumed["weights"])
+
+
+def test_pending_save_commits_then_prunes(tmp_path):
+    """The bookkeeping of one asynchronous save, without processes: nothing is visible or deleted before
+    the write completes; a failed write commits nothing, deletes nothing, and wait() names the checkpoint."""
+    from concurrent.futures import Future
+
+    from surge.checkpoint import CheckpointWriteError
+    from surge.strategies.fsdp_checkpoint import PendingSave, commit_folder
+
+    old, tmp, new = tmp_path / "step=5.ckpt", tmp_path / ".step=15.ckpt.tmp", tmp_path / "step=15.ckpt"
+    old.mkdir(), tmp.mkdir()
+    future = Future()
+    pending = PendingSave(future, str(new), lambda: commit_folder(str(tmp), str(new)))
+    assert pending.remove_after(str(old))
+    assert old.exists() and not new.exists()
+    future.set_result(None)
+    pending.wait()
+    assert new.is_dir() and not tmp.exists() and not old.exists()
+    assert not pending.remove_after(str(new))  # done: the caller deletes at once
+
+    old.mkdir(), tmp.mkdir()
+    future, failed = Future(), tmp_path / "step=20.ckpt"
+    pending = PendingSave(future, str(failed), lambda: commit_folder(str(tmp), str(failed)))
+    pending.remove_after(str(old))
+    future.set_exception(OSError(28, "No space left on device"))
+    with pytest.raises(CheckpointWriteError, match=r"step=20.ckpt.*No space left.*previous checkpoints are intact"):
+        pending.wait()
+    assert old.exists() and not failed.exists()
+
+
+def test_fp16_mixed_with_sharded_grad_scaler(runs):
+    """precision="16-mixed": float16 compute through FSDP's policy, float32 master weights, and a scaler
+    that sees inf in any rank's gradient shard, so that every rank skips the same steps (the initial
+    scale 2**16 overflows float16 gradients at first: some steps are skipped)."""
+    run = runs("fsdp2_fp16", devices=2, precision="16-mixed", steps=12)
+    assert run["step"] == 12 and run["dtypes"] == ["torch.float32"]
+    assert run["skipped"][0] == run["skipped"][1] and 1 <= run["skipped"][0] < 12, run["skipped"]
+    assert all(map(torch.isfinite, torch.tensor(run["losses"])))
+    assert sum(run["losses"][-4:]) < sum(run["losses"][:4])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
+def test_cuda_mixed_precision_and_async_save(runs, precision):
+    """Written without a GPU and not run yet: one CUDA process (NCCL for training, the gloo group for the
+    background writes), FSDP's float16 / bf16 policy, async checkpoints that resume."""
+    mc = runs.tmp / f"mc_cuda_{precision}"
+    run = runs(f"cuda_{precision}", accelerator="cuda", precision=precision, async_save=True, ckpt_dir=str(mc),
+               steps=12)
+    assert run["step"] == 12 and run["dtypes"] == ["torch.float32"]
+    assert all(map(torch.isfinite, torch.tensor(run["losses"])))
+    assert {"epoch=0-step=10.ckpt", "last.ckpt"} <= set(os.listdir(mc))
+    resumed = runs(f"cuda_{precision}_resume", accelerator="cuda", precision=precision, steps=12,
+                   resume=str(mc / "epoch=0-step=10.ckpt"))
+    assert resumed["step"] == 12
+    assert resumed["losses"] == pytest.approx(run["losses"][10:], abs=1e-3)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(state_dict_type="local"), "state_dict_type='local'"),
     (dict(hsdp=(2,)), "hsdp"),
@@ -221,6 +317,8 @@ def test_meta_init_bf16_and_activation_checkpointing(runs):
     (dict(activation_checkpointing=[int]), "activation_checkpointing"),
     (dict(mixed_precision="bf16"), "MixedPrecisionPolicy"),
     (dict(reshard_after_forward=None), "reshard_after_forward"),
+    (dict(async_save="yes"), r"async_save='yes'.*True or False"),
+    (dict(async_save=True, state_dict_type="full"), r"async_save=True.*state_dict_type='sharded', got .*'full'"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(MisconfigurationError, match=match):
@@ -234,8 +332,19 @@ def test_hsdp_shape_must_match_world_size(monkeypatch):
         surge.Trainer(strategy=FSDP(hsdp=(2, 2)), accelerator="cpu", devices=2)
     with pytest.raises(MisconfigurationError, match="cpu_offload"):
         surge.Trainer(strategy=FSDP(cpu_offload=True), accelerator="cpu", devices=2)
-    with pytest.raises(MisconfigurationError, match="bf16-mixed"):
-        surge.Trainer(strategy="fsdp", accelerator="cpu", devices=2, precision="16-mixed")
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16-mixed", torch.bfloat16), ("16-mixed", torch.float16)])
+def test_mixed_precision_maps_to_fsdp_policy(monkeypatch, precision, dtype):
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
+    strategy = surge.Trainer(strategy="fsdp", accelerator="cpu", devices=2, precision=precision).strategy
+    policy = strategy._fsdp_kwargs()["mp_policy"]
+    assert (policy.param_dtype, policy.reduce_dtype, policy.output_dtype) == (dtype, torch.float32, None)
+    assert strategy._fsdp_kwargs(root=True)["mp_policy"].output_dtype == torch.float32  # the loss, in float32
+    assert isinstance(strategy.precision.scaler, ShardedGradScaler) == (dtype == torch.float16)
 
 
 def test_registered_by_name():

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
 from typing import Optional
 
 import torch
@@ -130,10 +129,11 @@ class ModelCheckpoint(Callback):
                 if self.verbose and trainer.is_global_zero:
                     score = self.best_k_models[top_k_path]
                     print(f"ModelCheckpoint: saved {top_k_path}" + (f" ({self.monitor}={score:.5g})" if self.monitor else ""))
-            # Drop the worst only after the new file is complete on disk.
+            # Drop the worst only after the new file is complete on disk (an asynchronous save: the
+            # strategy deletes them once it is committed).
             for path in stale:
-                if path != top_k_path and trainer.is_global_zero and os.path.exists(path):
-                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)  # a sharded checkpoint is a folder
+                if path != top_k_path:
+                    trainer.strategy.remove_checkpoint(path)  # rank 0; a sharded checkpoint is a folder
             if last_path is not None:
                 self._write(trainer, checkpoint, last_path)
         trainer.strategy.barrier("ModelCheckpoint")

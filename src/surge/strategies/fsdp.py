@@ -9,12 +9,16 @@ Checkpoints are sharded by default: a *directory* written by every rank in paral
 ``torch.distributed.checkpoint`` (DCP), plus ``surge_meta.pt`` (trainer state, RNG, callbacks: small,
 plain data, read with ``weights_only=True``). DCP reshards on load, so a checkpoint saved on 4 ranks
 resumes on 2, on 1, or without FSDP at all. :func:`consolidate` turns one into a single file.
+With ``async_save=True`` the shards are copied to CPU memory and written in a background thread while
+training goes on (``fsdp_checkpoint.PendingSave``).
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import sys
+import warnings
 from datetime import timedelta
 from typing import Any, Callable, Optional, Union
 
@@ -24,24 +28,35 @@ from torch import nn
 
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..launch import find_free_port
-from ..precision import Precision
+from ..precision import MixedPrecision
 from ..utils import MisconfigurationError
 from .ddp import DDP, _StepRouter
-from .fsdp_checkpoint import (META_FILE, _optim_ids_to_names, _optim_names_to_ids, _read_meta, _remove,  # noqa: F401
-                              consolidate, main, read_sharded_checkpoint)
+from .fsdp_checkpoint import (META_FILE, PendingSave, _optim_ids_to_names, _optim_names_to_ids,  # noqa: F401
+                              _read_meta, _remove, commit_folder, consolidate, main, read_sharded_checkpoint)
 from .strategy import register
 
 STATE_DICT_TYPES = ("sharded", "full")
 
 
-class _FSDPMixedPrecision(Precision):
-    """``bf16-mixed`` under FSDP: no autocast; FSDP's MixedPrecisionPolicy casts parameters to bf16
-    for compute while the sharded master weights, gradients and reduction stay float32."""
+class _FSDPMixedPrecision(MixedPrecision):
+    """``bf16-mixed`` / ``16-mixed`` under FSDP: no autocast; FSDP's MixedPrecisionPolicy casts the
+    gathered parameters to bf16 / fp16 for compute while the sharded master weights, the gradients and
+    their reduction stay float32. ``16-mixed`` keeps MixedPrecision's loss scaling, with torch's
+    ShardedGradScaler: every rank sees inf/NaN in any rank's gradient shard, so all skip the same steps."""
 
     def __init__(self, device, dtype: torch.dtype) -> None:
-        super().__init__(device)
-        self.dtype = dtype
-        self.name = "bf16-mixed"
+        super().__init__(device, dtype)
+        if self.scaler is not None:
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+            self.scaler = ShardedGradScaler(device.type)
+            # The scaler hands its one-element found_inf / scale tensors to DTensor ops on the gradient
+            # shards; DTensor replicates them (correctly) but warns at every step. Silence that one warning.
+            warnings.filterwarnings("ignore", message="Found a non-scalar tensor with numel=1", category=UserWarning,
+                                    module=r"torch\.distributed\.tensor")
+
+    def autocast(self):
+        return contextlib.nullcontext()
 
 
 @register("fsdp")
@@ -61,12 +76,16 @@ class FSDP(DDP):
         reshard_after_forward: free the gathered parameters after forward and gather them again in
             backward (less memory); False keeps them until backward (less communication).
         mixed_precision: a ``torch.distributed.fsdp.MixedPrecisionPolicy``; overrides what
-            ``precision=`` maps to (``"bf16-mixed"``: bf16 parameters, float32 reduction).
+            ``precision=`` maps to (``"bf16-mixed"`` / ``"16-mixed"``: bf16 / fp16 parameters, float32 reduction).
         cpu_offload: keep sharded parameters, gradients and optimizer states in CPU memory (GPU runs).
         activation_checkpointing: a set of module classes (or ``fn(module) -> bool``) whose
             activations are recomputed in backward instead of stored.
         state_dict_type: "sharded" (a DCP directory written by every rank) or "full" (gathered on
             rank 0 into one ordinary surge checkpoint file).
+        async_save: write sharded checkpoints in a background thread (``dcp.async_save``): a save
+            costs training only the copy of this rank's shards to CPU memory. The next save, the end
+            of the stage (fit, test, ...) and an exception wait for it; a checkpoint appears under its
+            name only once every rank has written it. Needs ``state_dict_type="sharded"``.
         hsdp: ``(replicate, shard)``: shard within groups of ``shard`` ranks and replicate across
             ``replicate`` groups (usually shard = GPUs per node); replicate * shard = world size.
         min_wrap_params: the size above which the default policy wraps a child.
@@ -78,7 +97,8 @@ class FSDP(DDP):
     def __init__(self, auto_wrap: Union[None, set, list, tuple, Callable[[nn.Module], bool]] = None,
                  reshard_after_forward: bool = True, mixed_precision=None, cpu_offload: bool = False,
                  activation_checkpointing: Union[None, set, list, tuple, Callable[[nn.Module], bool]] = None,
-                 state_dict_type: str = "sharded", hsdp: Optional[tuple] = None, min_wrap_params: int = 100_000,
+                 state_dict_type: str = "sharded", async_save: bool = False, hsdp: Optional[tuple] = None,
+                 min_wrap_params: int = 100_000,
                  timeout: timedelta = timedelta(minutes=30), process_group_backend: Optional[str] = None) -> None:
         super().__init__(timeout=timeout, process_group_backend=process_group_backend)
         from torch.distributed.fsdp import MixedPrecisionPolicy
@@ -92,6 +112,11 @@ class FSDP(DDP):
                                         f"or None, got {type(mixed_precision).__name__}")
         if state_dict_type not in STATE_DICT_TYPES:
             raise MisconfigurationError(f"FSDP(state_dict_type={state_dict_type!r}): choose 'sharded' or 'full'")
+        if not isinstance(async_save, bool):
+            raise MisconfigurationError(f"FSDP(async_save={async_save!r}) must be True or False")
+        if async_save and state_dict_type != "sharded":
+            raise MisconfigurationError(f"FSDP(async_save=True) writes sharded checkpoints in the background; it needs "
+                                        f"state_dict_type='sharded', got state_dict_type={state_dict_type!r}")
         if hsdp is not None and not (isinstance(hsdp, (tuple, list)) and len(hsdp) == 2
                                      and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in hsdp)):
             raise MisconfigurationError(f"FSDP(hsdp={hsdp!r}) must be None or (replicate, shard), two ints >= 1")
@@ -101,6 +126,10 @@ class FSDP(DDP):
         self.mixed_precision = mixed_precision
         self.cpu_offload = bool(cpu_offload)
         self.state_dict_type = state_dict_type
+        self.async_save = async_save
+        self._ckpt_group = None  # async_save: the background writes' own gloo group (see setup_environment)
+        self._pending: Optional[PendingSave] = None
+        self._in_stage = False  # between setup_module and teardown: a later call will wait for an async save
         self.hsdp = tuple(hsdp) if hsdp is not None else None
         self.min_wrap_params = min_wrap_params
         self.mesh = None
@@ -117,12 +146,9 @@ class FSDP(DDP):
         if self.cpu_offload and self.root_device.type == "cpu":
             raise MisconfigurationError("FSDP(cpu_offload=True) moves GPU memory to the CPU; with accelerator='cpu' "
                                         "everything is in CPU memory already: remove cpu_offload")
-        if self.precision.name == "16-mixed":
-            raise MisconfigurationError("precision='16-mixed' is not supported with strategy='fsdp' (float16 needs a "
-                                        "sharded grad scaler); use precision='bf16-mixed'")
-        if self.precision.name == "bf16-mixed":
+        if isinstance(self.precision, MixedPrecision):  # "bf16-mixed", "16-mixed"
             # FSDP casts the gathered parameters itself, so no autocast: see _FSDPMixedPrecision.
-            self.precision = _FSDPMixedPrecision(self.root_device, torch.bfloat16)
+            self.precision = _FSDPMixedPrecision(self.root_device, self.precision.dtype)
 
     def setup_environment(self) -> None:
         # One process still needs a (world size 1) process group for DTensor: give it a port.
@@ -135,13 +161,21 @@ class FSDP(DDP):
 
             shape, names = (self.hsdp, ("replicate", "shard")) if self.hsdp else ((self.world_size,), ("shard",))
             self.mesh = init_device_mesh(self.root_device.type, shape, mesh_dim_names=names)
+        if self.async_save and self._ckpt_group is None:
+            # The background thread's collectives (DCP plans and results) must not interleave with the
+            # training's all-gathers on the default group, and async_save needs a CPU backend even when
+            # training runs on NCCL: a group of its own, on gloo.
+            self._ckpt_group = dist.new_group(backend="gloo", timeout=self.timeout)
 
-    def _fsdp_kwargs(self) -> dict:
+    def _fsdp_kwargs(self, root: bool = False) -> dict:
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
 
         policy = self.mixed_precision
         if policy is None and isinstance(self.precision, _FSDPMixedPrecision):
-            policy = MixedPrecisionPolicy(param_dtype=self.precision.dtype, reduce_dtype=torch.float32)
+            # The root unit's output is the step's output (the loss): in float32, as autocast gives it,
+            # so that the grad scaler's 2**16 times the loss does not overflow float16 before backward.
+            policy = MixedPrecisionPolicy(param_dtype=self.precision.dtype, reduce_dtype=torch.float32,
+                                          output_dtype=torch.float32 if root else None)
         kwargs = {"mesh": self.mesh, "reshard_after_forward": self.reshard_after_forward}
         if policy is not None:
             kwargs["mp_policy"] = policy
@@ -158,6 +192,7 @@ class FSDP(DDP):
         return [m for _, m in reversed(list(module.named_modules())) if m is not module and _matches(self.auto_wrap, m)]
 
     def setup_module(self, module: nn.Module) -> None:
+        self._in_stage = True
         if self._sharded is module:  # a later stage (test after fit): the module is sharded already
             self.module, self.model = module, self._router
             return
@@ -179,7 +214,7 @@ class FSDP(DDP):
             fully_shard(target, **kwargs)
         # The root unit is a router whose forward runs <stage>_step, so the Module's own parameters
         # (those outside every wrapped child) are gathered for the whole step, whatever it calls.
-        router = fully_shard(_StepRouter(module), **kwargs)
+        router = fully_shard(_StepRouter(module), **self._fsdp_kwargs(root=True))
         if on_meta:
             # configure_model built the model on the meta device: allocate only this rank's shards,
             # then let each submodule initialise itself.
@@ -207,9 +242,10 @@ class FSDP(DDP):
     def no_backward_sync(self, active: bool):
         """On the micro-batches before the last of an accumulation window: no reduce-scatter, and the
         gathered parameters stay gathered (no all-gather again in the next forward). More memory,
-        less communication; the last micro-batch reduces the summed gradients once."""
+        less communication; the last micro-batch reduces the summed gradients once. The epoch's last
+        batch of uneven data (``final_batch_out``) synchronises even inside a window."""
         model = self.model
-        if not active or not hasattr(model, "set_requires_gradient_sync"):
+        if not active or self.final_batch_out or not hasattr(model, "set_requires_gradient_sync"):
             yield
             return
         model.set_requires_gradient_sync(False)
@@ -256,11 +292,14 @@ class FSDP(DDP):
     def save_checkpoint(self, checkpoint: dict, path: str) -> None:
         """Full: rank 0 writes one file. Sharded: every rank writes its shards into a new directory,
         rank 0 adds ``surge_meta.pt`` and swaps the directory in for ``path`` when all are done, so a
-        crash leaves the old checkpoint or the new one, never a mix."""
+        crash leaves the old checkpoint or the new one, never a mix. With ``async_save`` inside a stage
+        the shards are written in the background and the swap happens when they are all on disk; a
+        save outside a stage (``trainer.save_checkpoint`` after fit) is synchronous: nothing would wait."""
         if self.state_dict_type == "full":
             return super().save_checkpoint(checkpoint, path)
         import torch.distributed.checkpoint as dcp
 
+        self.wait_for_checkpoint()  # one save at a time (its staging copy is freed), committed before the next
         path = os.path.abspath(path)
         tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
         if self.is_global_zero:
@@ -271,22 +310,46 @@ class FSDP(DDP):
         sharded = {"state_dict": checkpoint["state_dict"]}
         if optimizer_states is not None:
             sharded["optimizer_states"] = {str(i): s for i, s in enumerate(optimizer_states)}
-        dcp.save(sharded, checkpoint_id=tmp)
         if self.is_global_zero:
+            # Small plain data, written first: the folder counts as complete only once DCP's .metadata
+            # is there too, and it is renamed into place only then.
             meta = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
             meta["sharded"] = {"world_size": self.world_size,
                                "optimizers": None if optimizer_states is None else len(optimizer_states)}
             torch.save(meta, os.path.join(tmp, META_FILE))
-            old = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".old")
-            if os.path.lexists(path):
-                os.replace(path, old) if os.path.isfile(path) else os.rename(path, old)
-            os.rename(tmp, path)
-            _remove(old)
+        if self.async_save and self._in_stage:
+            # DCP's .metadata is written by rank 0 after every rank reported its shards written, so rank 0's
+            # future completing means the whole folder is on disk: then commit it (in the writer thread).
+            future = dcp.async_save(sharded, checkpoint_id=tmp, process_group=self._ckpt_group)
+            commit = (lambda: commit_folder(tmp, path)) if self.is_global_zero else None
+            self._pending = PendingSave(future, path, commit)
+            return
+        dcp.save(sharded, checkpoint_id=tmp)
+        if self.is_global_zero:
+            commit_folder(tmp, path)
         self.barrier("fsdp_save_end")
+
+    def wait_for_checkpoint(self, collective: bool = True) -> None:
+        """Wait until the asynchronous save in flight (if any) is written and committed; raise its error.
+        ``collective``: then meet the other ranks, so that the checkpoint is complete for all of them.
+        (The Trainer calls it before a preemption exit: the job may be killed once it is requeued.)"""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        pending.wait(timeout=self.timeout.total_seconds())
+        if collective:
+            self.barrier("fsdp_async_save_committed")
+
+    def remove_checkpoint(self, path: str) -> None:
+        """Delete a checkpoint (ModelCheckpoint's stale top-k): with a save in flight, only once that save
+        is committed, so a crash meanwhile still leaves the older checkpoint."""
+        if self.is_global_zero and not (self._pending is not None and self._pending.remove_after(path)):
+            _remove(path)
 
     def load_checkpoint(self, path: str, optimizers=()) -> dict:
         """A sharded directory loads straight into this rank's shards (resharded by DCP if the world
         size changed); a file is an ordinary full checkpoint."""
+        self.wait_for_checkpoint()
         if not os.path.isdir(path):
             return load_checkpoint(path, map_location="cpu")
         import torch.distributed.checkpoint as dcp
@@ -329,7 +392,18 @@ class FSDP(DDP):
         set_optimizer_state_dict(self.module, optimizer, state, options=self._options(full))
 
     def teardown(self) -> None:
+        """End of a stage: wait for the asynchronous save in flight. While an exception unwinds, the
+        other ranks may be gone: wait for this rank's own write only, and report its failure as a warning
+        (the exception that stopped the run is the one the user must see)."""
+        self._in_stage = False
         self.model = None
+        if sys.exc_info()[1] is None:
+            self.wait_for_checkpoint()
+            return
+        try:
+            self.wait_for_checkpoint(collective=False)
+        except Exception as err:  # noqa: BLE001
+            warnings.warn(f"while the run stopped on an exception: {err}", stacklevel=2)
 
     def __repr__(self) -> str:
         return f"FSDP(rank={self.global_rank}/{self.world_size}, device={self.root_device}, mesh={self.hsdp or self.world_size})"

@@ -1,16 +1,20 @@
-"""Sharded checkpoint folders (DCP) read in one process: the full state, and ``surge consolidate``.
+"""Sharded checkpoint folders (DCP): committing one atomically, asynchronous saves, and reading one
+in a single process (the full state, and ``surge consolidate``).
 
 Used by :class:`surge.strategies.fsdp.FSDP`, by any strategy that resumes from a sharded folder, and
-by the command line. No process group is needed (DCP's ``no_dist``).
+by the command line. Reading needs no process group (DCP's ``no_dist``).
 """
 from __future__ import annotations
 
 import os
 import shutil
+import threading
+from concurrent.futures import Future
+from typing import Callable, Optional
 
 import torch
 
-from ..checkpoint import CheckpointError, save_checkpoint
+from ..checkpoint import CheckpointError, CheckpointWriteError, _fsync_dir, _os_error_of, save_checkpoint
 
 META_FILE = "surge_meta.pt"
 
@@ -20,6 +24,74 @@ def _remove(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
     elif os.path.lexists(path):
         os.remove(path)
+
+
+def commit_folder(tmp: str, path: str) -> None:
+    """Swap the finished folder ``tmp`` in for ``path`` (a file or folder, or nothing yet). The old one is
+    renamed aside first and deleted last, so a crash at any moment leaves the old checkpoint or the new one
+    under ``path`` (a leftover ``.<name>.old`` beside it is the old one), never a mix."""
+    old = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".old")
+    _remove(old)
+    if os.path.lexists(path):
+        os.rename(path, old)
+    os.rename(tmp, path)
+    _fsync_dir(os.path.dirname(path))
+    _remove(old)
+
+
+class PendingSave:
+    """The one asynchronous sharded save in flight, and what waits for it.
+
+    ``dcp.async_save`` copies the shards to CPU memory before it returns (so training may change the
+    weights right away) and writes them in a background thread. When this rank's write is done,
+    ``on_done`` runs in that thread (rank 0: commit the folder under its name), then the removals that
+    were asked for meanwhile (ModelCheckpoint's stale top-k checkpoints: never deleted before the new one
+    is committed). A failed write commits nothing and removes nothing; :meth:`wait` raises its error.
+    """
+
+    def __init__(self, future: Future, path: str, on_done: Optional[Callable[[], None]]) -> None:
+        self.path = path
+        self._done: Future = Future()
+        self._lock = threading.Lock()
+        self._finished = False
+        self._removals: list[str] = []
+        self._on_done = on_done
+        future.add_done_callback(self._finish)
+
+    def _finish(self, future: Future) -> None:
+        error = future.exception()
+        try:
+            if error is None and self._on_done is not None:
+                self._on_done()
+        except BaseException as err:  # noqa: BLE001  (handed to wait(), which raises it in the main thread)
+            error = err
+        with self._lock:  # after this, remove_after() removes at once
+            self._finished = True
+            removals, self._removals = self._removals, []
+        if error is None:
+            for path in removals:
+                _remove(path)
+            self._done.set_result(None)
+        else:
+            self._done.set_exception(error)
+
+    def remove_after(self, path: str) -> bool:
+        """Delete ``path`` once this save is committed; False if it is already done (delete it yourself)."""
+        with self._lock:
+            if self._finished:
+                return False
+            self._removals.append(path)
+            return True
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        """Block until the save is written and committed; raise a CheckpointError if it failed."""
+        try:
+            self._done.result(timeout=timeout)
+        except BaseException as err:
+            os_error = _os_error_of(err)
+            kind = CheckpointWriteError if os_error is not None else CheckpointError
+            raise kind(f"the asynchronous save of checkpoint {self.path!r} failed: {os_error or err}. Nothing was "
+                       f"committed under that name: the previous checkpoints are intact") from err
 
 
 def _read_meta(path: str) -> dict:
