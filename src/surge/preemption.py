@@ -53,6 +53,12 @@ class PreemptionHandler:
         self._previous.clear()
 
     def _note(self, signum, frame) -> None:
+        if self.received is not None:
+            # A second signal means "now" (a rank stuck in a collective never reaches the step boundary
+            # where the first one is acted on): the signal's own action, usually termination.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         self.received = signal.Signals(signum)
 
     def due(self, trainer) -> bool:

@@ -216,3 +216,25 @@ def test_checkpoint_from_a_newer_format_or_truncated_is_refused_by_name(tmp_path
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     with pytest.raises(CheckpointError, match=r"cut\.ckpt.*(truncated|corrupt)"):
         load_checkpoint(str(cut))
+
+
+def test_a_second_signal_ends_the_process_at_once(tmp_path):
+    # A rank stuck in a collective never reaches the step boundary where the first signal is acted on;
+    # the second one takes the signal's own action (termination) there and then.
+    code = (
+        "import os, signal, time\n"
+        "from surge.preemption import PreemptionHandler\n"
+        "h = PreemptionHandler(['SIGUSR1'], 143)\n"
+        "h.install()\n"
+        "os.kill(os.getpid(), signal.SIGUSR1)\n"
+        "time.sleep(0.2)\n"
+        "print('noted', h.received.name, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGUSR1)\n"
+        "time.sleep(10)\n"
+        "print('still alive', flush=True)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.splitlines() == ["noted SIGUSR1"], (proc.stdout, proc.stderr[-2000:])
+    import signal
+
+    assert proc.returncode == -signal.SIGUSR1
