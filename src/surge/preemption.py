@@ -37,8 +37,10 @@ class PreemptionHandler:
         self.received: Optional[signal.Signals] = None
         self._previous: dict = {}
         self._pending = None  # (work, tensor) of the all-reduce in flight across processes
+        self._distributed = False  # several processes: the flag is agreed on (set by install)
 
-    def install(self) -> None:
+    def install(self, distributed: bool = False) -> None:
+        self._distributed = distributed
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
         for sig in self.signals:
@@ -63,7 +65,7 @@ class PreemptionHandler:
 
     def due(self, trainer) -> bool:
         """Whether every process agrees to stop now (called only between optimizer steps)."""
-        if trainer.world_size == 1:
+        if not self._distributed:
             return self.received is not None
         if trainer.global_step % DISTRIBUTED_CHECK_EVERY:
             return False

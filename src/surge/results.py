@@ -280,6 +280,8 @@ def _reduce_name(reduce_fx: Union[str, Callable], name: str) -> str:
 
 def _as_tensor(value, name: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
+        if value.ndim == 0 and value.is_floating_point():  # a loss, most of the time
+            return value
         if value.numel() != 1:
             raise SurgeError(f"self.log({name!r}) needs a single number, got a tensor of shape {tuple(value.shape)}")
         if value.dim():

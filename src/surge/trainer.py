@@ -518,7 +518,7 @@ class Trainer(EvaluationLoops, MetricsHandling, DataHandling, CheckpointHandling
             if self.profiler is not None:  # here: a resume may have changed log_dir, where traces go
                 self.profiler.setup(self, stage)
             if stage == "fit":
-                self._preemption.install()
+                self._preemption.install(distributed=self.world_size > 1)
                 result = self._fit_loop()
             elif stage == "predict":
                 result = self._predict_loop()
