@@ -2,8 +2,9 @@
 
 No download: the text is read from a few stdlib modules' ``.py`` files. The model has the shape
 pipeline parallelism expects (token + position embedding, an ``nn.ModuleList`` named ``blocks``, a final
-LayerNorm and a head) and defines ``pipeline_embed`` / ``pipeline_head`` / ``pipeline_loss``, so it runs
-unchanged on one device, with ``strategy="pipeline"`` and with ``ModelParallel``.
+LayerNorm and a head; ``pipeline_embed`` / ``pipeline_head`` for what runs before and after the blocks),
+and its steps compute the logits with one call ``self(x)``, so it runs unchanged on one device, with
+``strategy="pipeline"`` and with ``ModelParallel``.
 
 Example::
 
@@ -99,19 +100,17 @@ class GPTModule(Module):
     def forward(self, idx):
         return self.model(idx)
 
-    def pipeline_loss(self, logits, target):
-        """The loss of one micro-batch from the last stage's output (the pipeline's only extra hook)."""
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
-
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = self.pipeline_loss(self(x), y)
+        logits = self(x)  # one call self(x): under a pipeline it returns the last stage's output
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        self.log("val_loss", self.pipeline_loss(self(x), y))
+        logits = self(x)
+        self.log("val_loss", F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)), prog_bar=True)
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.config.lr)

@@ -7,10 +7,15 @@ Each process keeps only its stage's parameters (the user's module is trimmed in 
 once, so this strategy owns the backward (``owns_backward``): the Trainer zeroes gradients before the
 step and does not call backward itself.
 
-The one thing a pipeline needs from the user: ``Module.pipeline_loss(output, target)``, the loss of a
-micro-batch from the last stage's output. The batch is ``(inputs, target)`` unless the module defines
-``pipeline_split_batch(batch) -> (inputs, target)``. The loss is logged as ``train_loss`` /
-``val_loss`` / ``test_loss`` on every rank (broadcast from the last stage).
+The user's steps run as they are, on the last stage, where ``self(...)`` returns that stage's output
+(the whole model's output, since the last stage holds the head): ``training_step`` once per micro-batch
+inside the schedule (its loss drives the schedule's backward), ``validation_step`` / ``test_step`` /
+``predict_step`` once on the whole batch after a forward-only pass. So a step must compute the model's
+output with exactly one call ``self(inputs)``. What those steps ``self.log`` is recorded on the last
+stage (per batch: the micro-batches' values reduced by ``reduce_fx``), sent to every stage and logged
+there, so rank 0 (the first stage, which writes loggers and the progress bar), ``ModelCheckpoint`` and
+``EarlyStopping`` see the user's metrics on every rank. The first stage takes ``batch[0]`` (or the batch
+itself, if a tensor); a module with another batch layout defines ``pipeline_inputs(batch) -> Tensor``.
 
 With more processes than stages, ``Pipeline(stages=p)`` on ``p * d`` processes builds a DeviceMesh
 ``(dp=d, pp=p)``: each pipeline replica trains on its share of the data and the gradients are averaged
@@ -19,14 +24,19 @@ across replicas before the optimizer step.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 import os
+import zlib
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
 
-from ..utils import MisconfigurationError
+from ..results import _as_tensor, _reduce_name
+from ..utils import MisconfigurationError, SurgeError
 from .ddp import DDP
 from .model_parallel import StageModule, find_body, keep_only, plan_split
 from .strategy import Strategy, register
@@ -107,7 +117,7 @@ class Pipeline(DDP):
         self._split_of: Optional[torch.nn.Module] = None
         self._schedules: dict = {}
         self._sync = True
-        self._losses: list = []
+        self._micro: Optional[_MicroStep] = None  # the training batch now in the schedule
 
     # ------------------------------------------------------------------ set-up
     def configure(self, accelerator, device_ids, num_nodes, precision) -> None:
@@ -161,83 +171,206 @@ class Pipeline(DDP):
 
     # ------------------------------------------------------------------ the step
     def step(self, stage: str, batch, batch_idx: int = 0, *extra) -> Any:
-        module = self.module
-        inputs, target = self._split_batch(batch, stage)
-        n = inputs.shape[0] if isinstance(inputs, torch.Tensor) else None
-        if n is None or n % self.microbatches:
-            raise MisconfigurationError(f"a batch of {n} samples does not split into Pipeline(microbatches="
+        """One batch through the schedule. The user's ``{stage}_step`` runs on the last stage with ``self(...)``
+        answering that stage's output: once per micro-batch in training (its loss drives the schedule's
+        backward), once on the whole batch in evaluation and prediction. What the step logs and returns is
+        then sent from the last stage to every stage of the pipeline."""
+        training = stage == "training"
+        if training and not self.module.automatic_optimization:
+            raise MisconfigurationError("strategy='pipeline' runs backward inside its schedule: manual optimization "
+                                        "(automatic_optimization=False) is not supported")
+        inputs = self._inputs_of(batch)
+        size = inputs.shape[0]
+        if size % self.microbatches:
+            raise MisconfigurationError(f"a batch of {size} samples does not split into Pipeline(microbatches="
                                         f"{self.microbatches}); make the batch size a multiple of it (drop_last=True "
                                         f"on the DataLoader avoids a short last batch)")
-        training = stage == "training"
-        schedule = self._schedule(training, inputs, target)
+        schedule, step_kwargs = self._schedule(training, inputs)
         args = (inputs,) if self.is_first else ()
-        kwargs = {"target": target} if self.is_last and target is not None else {}
-        self._losses = []
+        payload = None
         with self.precision.autocast():
             if training:
-                output = schedule.step(*args, **kwargs)
+                micro = split_batch(batch, size, self.microbatches) if self.is_last else []
+                self._micro = _MicroStep(micro, batch_idx, extra, schedule)
+                if self.is_last:  # the target of micro-batch i is i: the loss knows which micro-batch it is on
+                    step_kwargs = dict(step_kwargs, target=torch.arange(self.microbatches, device=self.root_device))
+                try:
+                    schedule.step(*args, **step_kwargs)
+                finally:
+                    micro, self._micro = self._micro, None
+                if self.is_last:
+                    payload = micro.summary(self.microbatches)
             else:
-                output = schedule.eval(*args, **kwargs)
-        if stage == "predict":
-            box = [output.detach() if isinstance(output, torch.Tensor) else output]
-            dist.broadcast_object_list(box, src=self._last_src, group=self.pp_group)
-            return box[0]
-        # The last `microbatches` values: a schedule's first step also runs the loss on placeholder data
-        # while it infers the shapes it sends.
-        loss = torch.stack(self._losses[-self.microbatches:]).mean() if self.is_last else torch.zeros((), device=self.root_device)
-        loss = loss.detach().float()
-        dist.broadcast(loss, src=self._last_src, group=self.pp_group)  # every stage logs and checks the same value
+                output = schedule.eval(*args)
+                if self.is_last:
+                    logs: list = []
+                    with self._recording(logs):
+                        payload = self._call_step(stage, output, batch, batch_idx, extra), logs
+        result, logs = self._from_last(payload)
         if training and self._sync and self.dp > 1:
             self._average_gradients()
-        name = {"training": "train_loss", "validation": "val_loss", "test": "test_loss"}[stage]
-        module.log(name, loss, prog_bar=True, sync_dist=self.dp > 1)
-        return loss
+        self._replay(logs)
+        return result
 
-    def _split_batch(self, batch, stage: str):
-        hook = getattr(self.module, "pipeline_split_batch", None)
+    def _inputs_of(self, batch) -> torch.Tensor:
+        """What the first stage takes: ``pipeline_inputs(batch)`` if the module defines it, else ``batch[0]``
+        of a tuple or list, or the batch itself."""
+        hook = getattr(self.module, "pipeline_inputs", None)
         if hook is not None:
-            return hook(batch)
-        if isinstance(batch, (tuple, list)) and len(batch) == 2:
-            return batch[0], batch[1]
-        if stage == "predict":
-            if isinstance(batch, torch.Tensor):
-                return batch, None
-            if isinstance(batch, (tuple, list)) and len(batch) == 1:
-                return batch[0], None
-        raise MisconfigurationError(
-            f"strategy='pipeline' expects each batch to be (inputs, target), got {type(batch).__name__}"
-            f"{f' of length {len(batch)}' if isinstance(batch, (tuple, list)) else ''}; define "
-            f"{type(self.module).__name__}.pipeline_split_batch(batch) returning (inputs, target)")
-
-    def _loss_fn(self, output, target):
-        hook = getattr(self.module, "pipeline_loss", None)
-        if hook is None:
+            inputs = hook(batch)
+        elif isinstance(batch, torch.Tensor):
+            inputs = batch
+        elif isinstance(batch, (tuple, list)) and batch:
+            inputs = batch[0]
+        else:
+            inputs = None
+        if not isinstance(inputs, torch.Tensor) or inputs.dim() == 0:
+            name = type(self.module).__name__
+            got = "pipeline_inputs(batch)" if hook is not None else f"batch[0] of this {type(batch).__name__}"
             raise MisconfigurationError(
-                f"strategy='pipeline' needs {type(self.module).__name__}.pipeline_loss(output, target): the loss of one "
-                f"micro-batch from the last stage's output (e.g. F.cross_entropy(output, target))")
-        loss = hook(output, target)
-        self._losses.append(loss.detach())
-        if not self.module.training:
-            return loss
+                f"strategy='pipeline' feeds the first stage with the batch's inputs, a tensor whose first dimension "
+                f"is the batch: batch[0] of a tuple or list, or the batch itself; {got} is "
+                f"{type(inputs).__name__ if not isinstance(inputs, torch.Tensor) else 'a 0-d tensor'}. Define "
+                f"{name}.pipeline_inputs(self, batch) returning the tensor that self(...) takes "
+                f"(e.g. batch['input_ids'])")
+        return inputs
+
+    def _micro_loss(self, output, target):
+        """The schedule's ``loss_fn`` (last stage, training): ``training_step`` on micro-batch ``target``."""
+        micro = self._micro
+        if not _shapes_known(micro.schedule):
+            # torch infers a new schedule's shapes with one forward and backward on placeholder activations:
+            # any loss with a gradient will do there, and the user's step must not see placeholder data.
+            return _zero_loss(output)
+        i = int(target.reshape(-1)[0])
+        logs = micro.logs[i] = []
+        with self._recording(logs):
+            result = self._call_step("training", output, micro.batches[i], micro.batch_idx, micro.extra)
+        loss = _loss_of(result)
+        micro.losses[i] = None if loss is None else loss.detach()
+        if loss is None:  # this micro-batch adds no gradient
+            return _zero_loss(output)
         # The schedule sums the micro-batches' gradients (scale_grads=False): divide here, by the
         # accumulation window too, so the gradients are those of the window's mean loss.
-        trainer = getattr(self.module, "_trainer", None) or getattr(self.module, "trainer", None)
+        trainer = self.module.trainer
         accumulate = getattr(trainer, "accumulate_grad_batches", 1) or 1
         return loss / (self.microbatches * accumulate)
 
-    def _schedule(self, training: bool, inputs: torch.Tensor, target):
+    def _call_step(self, stage: str, output, batch, batch_idx: int, extra: tuple):
+        """The user's ``{stage}_step(batch, batch_idx, *extra)`` with ``self(...)`` returning ``output``."""
+        module, name = self.module, f"{stage}_step"
+        calls = []
+
+        def forward(*args, **kwargs):
+            calls.append(None)
+            if len(calls) > 1:
+                raise MisconfigurationError(_one_call(name, "called self(...) a second time"))
+            first = args[0] if args else None
+            if isinstance(first, torch.Tensor) and isinstance(output, torch.Tensor) and first.dim() \
+                    and first.shape[0] != output.shape[0]:
+                raise MisconfigurationError(_one_call(name, f"called self(...) on {first.shape[0]} samples, but the "
+                                                            f"pipeline ran the model on {output.shape[0]}"))
+            return output
+
+        saved = module.__dict__.get("forward", _MISSING)
+        module.forward = forward  # an instance attribute: nn.Module.__call__ runs it, hooks included
+        try:
+            result = getattr(module, name)(batch, batch_idx, *extra)
+        except SurgeError:
+            raise
+        except Exception as err:
+            if not calls:  # most likely a submodule called directly: this process lacks the other stages
+                raise MisconfigurationError(_one_call(name, f"raised {type(err).__name__} before calling self(...): "
+                                                            f"{err}")) from err
+            raise
+        finally:
+            if saved is _MISSING:
+                del module.forward
+            else:
+                module.forward = saved
+        if not calls:
+            raise MisconfigurationError(_one_call(name, "never called self(...)"))
+        return result
+
+    @contextlib.contextmanager
+    def _recording(self, logs: list):
+        """While the user's step runs on the last stage, its ``self.log`` calls are recorded in ``logs``
+        (name, value, options) to be sent to every stage, instead of logged here."""
+        trainer = self.module.trainer
+        results = getattr(trainer, "_results", None)
+        if results is None:
+            yield
+            return
+
+        def record(name, value, **options):
+            options["reduce_fx"] = _reduce_name(options["reduce_fx"], name)
+            logs.append((name, _as_tensor(value, name).detach(), options))
+
+        results.log = record
+        try:
+            yield
+        finally:
+            del results.log
+
+    def _from_last(self, payload):
+        """``payload`` (the step's result and its logs) from the last stage, on every stage of the pipeline."""
+        box = [_to_device(payload, torch.device("cpu")) if self.is_last else None]
+        dist.broadcast_object_list(box, src=self._last_src, group=self.pp_group, device=self._collective_device())
+        return payload if self.is_last else _to_device(box[0], self.root_device)
+
+    def _replay(self, logs: list) -> None:
+        """Log on this process what the user's step logged on the last stage (so rank 0, which writes the
+        loggers and the progress bar, ModelCheckpoint(monitor=...) and EarlyStopping see it on every rank)."""
+        results = getattr(self.module.trainer, "_results", None)
+        if results is None or not logs:
+            return
+        if self.dp > 1 and any(options["sync_dist"] for _, _, options in logs):
+            logs = self._reduce_over_replicas(logs, results.batch_size)
+        for name, value, options in logs:
+            # The stages of a replica hold the same values: a sync over every process would count each
+            # replica once per stage. sync_dist was honoured above, across the replicas only.
+            results.log(name, value, **dict(options, sync_dist=False))
+
+    def _reduce_over_replicas(self, logs: list, batch_size: int) -> list:
+        """The values logged with ``sync_dist=True`` reduced across the data-parallel replicas."""
+        synced = [k for k, (_, _, options) in enumerate(logs) if options["sync_dist"]]
+        device = self._collective_device()
+        tag = float(zlib.crc32("|".join(f"{logs[k][0]}:{logs[k][2]['reduce_fx']}" for k in synced).encode()))
+        tags = [torch.zeros(1, dtype=torch.float64, device=device) for _ in range(self.dp)]
+        dist.all_gather(tags, torch.tensor([tag], dtype=torch.float64, device=device), group=self.dp_group)
+        if any(float(t) != tag for t in tags):
+            raise SurgeError("self.log(..., sync_dist=True) in a step logged different names (or reduce_fx) on the "
+                             "pipeline replicas in the same step; log the same names in the same order on every "
+                             "replica, or drop sync_dist for rank-dependent keys")
+        rows = torch.tensor([[float(logs[k][1]), float(logs[k][2]["batch_size"] or batch_size)] for k in synced],
+                            dtype=torch.float64, device=device)
+        gathered = [torch.empty_like(rows) for _ in range(self.dp)]
+        dist.all_gather(gathered, rows, group=self.dp_group)
+        every = torch.stack(gathered)  # (replica, metric, [value, batch size])
+        out = list(logs)
+        for j, k in enumerate(synced):
+            name, value, options = logs[k]
+            v, w = every[:, j, 0], every[:, j, 1]
+            reduce = options["reduce_fx"]
+            reduced = (v * w).sum() / w.sum() if reduce == "mean" else getattr(v, reduce)()
+            out[k] = (name, reduced.to(device=value.device, dtype=value.dtype), options)
+        return out
+
+    def _schedule(self, training: bool, inputs: torch.Tensor):
         """A schedule (and its PipelineStages) per mode and batch shape: torch's stages size their
         communication buffers on their first batch, so a differently shaped batch needs its own."""
-        key = (training, tuple(inputs.shape), inputs.dtype,
-               None if target is None else (tuple(target.shape), target.dtype), torch.is_inference_mode_enabled())
+        key = (training, tuple(inputs.shape), inputs.dtype, torch.is_inference_mode_enabled())
         if key not in self._schedules:
             stages = [_pipelining().PipelineStage(m, s, self._total, self.root_device, group=self.pp_group)
                       for s, m in zip(self._local, self._stage_modules)]
             cls_name, multi, _ = _SCHEDULES[self.schedule]
             cls = getattr(_pipelining(), cls_name)
-            loss_fn = self._loss_fn if target is not None else None
-            self._schedules[key] = cls(stages if multi else stages[0], n_microbatches=self.microbatches,
-                                       loss_fn=loss_fn, scale_grads=False)
+            schedule = cls(stages if multi else stages[0], n_microbatches=self.microbatches,
+                           loss_fn=self._micro_loss if training else None, scale_grads=False)
+            # Training needs no merged output (the loss is taken per micro-batch): skip the concatenation.
+            takes = inspect.signature(schedule.step).parameters
+            step_kwargs = {"return_outputs": False} if "return_outputs" in takes else {}
+            self._schedules[key] = schedule, step_kwargs
         return self._schedules[key]
 
     def no_backward_sync(self, active: bool):
@@ -342,3 +475,111 @@ class Pipeline(DDP):
     def __repr__(self) -> str:
         return (f"Pipeline(schedule={self.schedule}, stages={self.pp}x{self.virtual_stages}, dp={self.dp}, "
                 f"rank={self.global_rank}/{self.world_size})")
+
+
+# ---------------------------------------------------------------------- helpers of the step
+_MISSING = object()
+
+
+@dataclasses.dataclass
+class _MicroStep:
+    """One training batch on its way through a schedule: what the loss of each micro-batch needs, and what
+    it left (the losses and ``self.log`` calls of each micro-batch, by index)."""
+
+    batches: list              # the user's batch split into micro-batches (last stage only)
+    batch_idx: int
+    extra: tuple               # optimizer_idx, when training_step takes one
+    schedule: Any
+    losses: dict = dataclasses.field(default_factory=dict)
+    logs: dict = dataclasses.field(default_factory=dict)
+
+    def summary(self, microbatches: int) -> tuple:
+        """The batch's mean loss (``None`` if every micro-batch returned ``None``) and its merged logs."""
+        losses = [self.losses[i] for i in range(microbatches) if self.losses.get(i) is not None]
+        loss = torch.stack(losses).mean().float() if losses else None
+        return loss, _merge_logs([self.logs.get(i, []) for i in range(microbatches)])
+
+
+def split_batch(batch, size: int, parts: int) -> list:
+    """``batch`` as ``parts`` micro-batches: every tensor whose first dimension is ``size`` is split along it
+    (``torch.tensor_split``), through tuples, lists and dicts; anything else goes whole into each part."""
+    if isinstance(batch, torch.Tensor):
+        return list(torch.tensor_split(batch, parts)) if batch.dim() and batch.shape[0] == size else [batch] * parts
+    if isinstance(batch, (tuple, list)):
+        columns = [split_batch(item, size, parts) for item in batch]
+        rows = [[column[i] for column in columns] for i in range(parts)]
+        if hasattr(batch, "_fields"):  # a namedtuple
+            return [type(batch)(*row) for row in rows]
+        return [type(batch)(row) for row in rows]
+    if isinstance(batch, Mapping):
+        columns = {k: split_batch(v, size, parts) for k, v in batch.items()}
+        return [{k: column[i] for k, column in columns.items()} for i in range(parts)]
+    return [batch] * parts
+
+
+def _merge_logs(per_micro: list) -> list:
+    """One value per name for the whole batch, in the order the names were first logged: the micro-batches'
+    values reduced by their ``reduce_fx`` ("mean" weighted by ``batch_size`` when the step passed one)."""
+    merged: dict = {}
+    for logs in per_micro:
+        for name, value, options in logs:
+            merged.setdefault(name, (options, []))[1].append((value, options["batch_size"]))
+    out = []
+    for name, (options, entries) in merged.items():
+        values = torch.stack([v.to(torch.float64) for v, _ in entries])
+        sizes = [b for _, b in entries]
+        if options["reduce_fx"] == "mean":
+            weights = torch.tensor([1.0 if b is None else float(b) for b in sizes], dtype=torch.float64,
+                                   device=values.device)
+            value = (values * weights).sum() / weights.sum()
+        else:
+            value = getattr(values, options["reduce_fx"])()
+        batch_size = sum(sizes) if all(b is not None for b in sizes) else None
+        out.append((name, value.to(entries[0][0].dtype), dict(options, batch_size=batch_size)))
+    return out
+
+
+def _shapes_known(schedule) -> bool:
+    """False while torch infers a new schedule's shapes (it runs the loss once on placeholder activations)."""
+    for flag in ("_stage_backward_initialized", "_stages_backward_initialized"):
+        if hasattr(schedule, flag):
+            return bool(getattr(schedule, flag))
+    return True
+
+
+def _zero_loss(output) -> torch.Tensor:
+    """A loss whose gradient is zero but that still depends on ``output`` (so backward has a path)."""
+    tensors = output if isinstance(output, (tuple, list)) else [output]
+    return sum(t.sum() * 0.0 for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point())
+
+
+def _loss_of(result) -> Optional[torch.Tensor]:
+    if result is None:
+        return None
+    loss = result.get("loss") if isinstance(result, Mapping) else result
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        if isinstance(result, Mapping):
+            what = f"a dict without a 'loss' tensor (keys: {sorted(result)})"
+        else:
+            what = f"a tensor of shape {tuple(result.shape)}" if isinstance(result, torch.Tensor) else type(result).__name__
+        raise SurgeError(f"training_step must return a scalar loss tensor, a dict with 'loss', or None; got {what}")
+    return loss.reshape(())
+
+
+def _one_call(step: str, what: str) -> str:
+    return (f"under strategy='pipeline', {step} must compute the model's output with one call self(inputs): this "
+            f"process holds only its stage of the model, and self(...) there returns the last stage's output; "
+            f"{step} {what}. Call self(x) exactly once, not a submodule (self.model(x), self.blocks[0](h)), and "
+            f"define pipeline_inputs(self, batch) if x is not batch[0]")
+
+
+def _to_device(obj, device: torch.device):
+    """``obj`` with every tensor in it detached and on ``device`` (through tuples, lists and dicts)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to(device)
+    if isinstance(obj, (tuple, list)):
+        items = [_to_device(o, device) for o in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj
