@@ -12,8 +12,10 @@ does not run as printed, so three fixes, each marked ``# fix:``:
   so the same code runs here (the split is then only logical).
 
 This is model parallelism: the second device waits while the first works. A real pipeline splits
-each batch into micro-batches so both work at once; surge's planned ``Trainer(strategy="pipeline")``
-is meant to do that (with torch.distributed.pipelining) without code like this.
+each batch into micro-batches so both work at once: with surge that is
+``Trainer(strategy="pipeline", devices=2)`` on the unsplit model (torch.distributed.pipelining, one
+process per stage), or ``surge.strategies.ModelParallel(devices=["cuda:0", "cuda:1"])`` for this
+one-process split without the hand-written placement (docs/pipeline.md).
 
 Run: ``python examples/seed004_model_parallel.py``. With ``SURGE_EXAMPLE_FAST=1``: 20 batches.
 """
