@@ -20,6 +20,7 @@ were. Nothing here runs while collectives succeed: the cost is a try/except arou
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from datetime import timedelta
@@ -40,6 +41,43 @@ class CollectiveError(SurgeError, RuntimeError):
 
     torch's own error is the ``__cause__``.
     """
+
+
+class NamedCollectives:
+    """Mixed into the distributed strategies: their collectives run under a name, and a failing one
+    raises :class:`CollectiveError` saying what it was for. Needs ``global_rank``, ``world_size``,
+    ``timeout`` and a ``_op_names`` list on the strategy."""
+
+    def collective(self, what: str):
+        """Name the collectives run inside: if one fails (a timeout, a lost peer), raise
+        :class:`~surge.strategies.collectives.CollectiveError` naming ``what``, the ranks that never came
+        and where the others were waiting (see :mod:`surge.strategies.collectives`).
+
+        The name wins over the strategy's generic names for the collectives run inside (its all_gather,
+        reduce, ...), so a caller that knows what they are for names them::
+
+            with strategy.collective("the all_gather of self.log('acc', sync_dist=True)"):
+                strategy.all_gather(value)
+        """
+        return self._guard(what, named=True)
+
+    def _op(self, default: str):
+        """Guard one of the strategy's own collectives, named ``default`` unless a caller named it already."""
+        if self._op_names and self._op_names[-1][1]:
+            return self._guard(self._op_names[-1][0], named=True)
+        return self._guard(default, named=False)
+
+    @contextlib.contextmanager
+    def _guard(self, what: str, named: bool):
+        self._op_names.append((what, named))
+        try:
+            yield
+        except Exception as err:
+            if not is_collective_failure(err):
+                raise
+            raise explain(err, what, self.global_rank, self.world_size, self.timeout) from err
+        finally:
+            self._op_names.pop()
 
 
 def is_collective_failure(err: BaseException) -> bool:

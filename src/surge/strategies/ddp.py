@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..launch import ClusterEnvironment, LocalLauncher, detect_environment, watch_parent
 from ..utils import MisconfigurationError, rank_zero_only, rank_zero_warn
-from .collectives import explain, is_collective_failure
+from .collectives import NamedCollectives
 from .strategy import Strategy, register
 
 _EXIT_BARRIER_TIMEOUT = timedelta(seconds=30)
@@ -41,7 +41,7 @@ class _StepRouter(torch.nn.Module):
 
 
 @register("ddp")
-class DDP(Strategy):
+class DDP(NamedCollectives, Strategy):
     """Data parallel training over ``devices`` processes per machine on ``num_nodes`` machines.
 
     Example::
@@ -187,37 +187,6 @@ class DDP(Strategy):
         return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ collectives
-    def collective(self, what: str):
-        """Name the collectives run inside: if one fails (a timeout, a lost peer), raise
-        :class:`~surge.strategies.collectives.CollectiveError` naming ``what``, the ranks that never came
-        and where the others were waiting (see :mod:`surge.strategies.collectives`).
-
-        The name wins over the strategy's generic names for the collectives run inside (its all_gather,
-        reduce, ...), so a caller that knows what they are for names them::
-
-            with strategy.collective("the all_gather of self.log('acc', sync_dist=True)"):
-                strategy.all_gather(value)
-        """
-        return self._guard(what, named=True)
-
-    def _op(self, default: str):
-        """Guard one of the strategy's own collectives, named ``default`` unless a caller named it already."""
-        if self._op_names and self._op_names[-1][1]:
-            return self._guard(self._op_names[-1][0], named=True)
-        return self._guard(default, named=False)
-
-    @contextlib.contextmanager
-    def _guard(self, what: str, named: bool):
-        self._op_names.append((what, named))
-        try:
-            yield
-        except Exception as err:
-            if not is_collective_failure(err):
-                raise
-            raise explain(err, what, self.global_rank, self.world_size, self.timeout) from err
-        finally:
-            self._op_names.pop()
-
     def _collective_device(self) -> torch.device:
         return self.root_device if dist.get_backend() == "nccl" else torch.device("cpu")
 
