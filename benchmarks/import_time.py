@@ -1,9 +1,11 @@
 """How much `import surge` (and `from surge import Trainer, Module`) adds to `import torch`.
 
 Each measurement runs in a fresh interpreter, interleaved, several times; the medians are compared.
+When Lightning is installed, `import lightning` is measured the same way for comparison.
 Usage: python benchmarks/import_time.py [--repeats 7]
 """
 import argparse
+import importlib.util
 import statistics
 import subprocess
 import sys
@@ -13,6 +15,8 @@ SNIPPETS = {
     "surge": "import torch, surge",
     "surge API": "import torch, surge; surge.Trainer, surge.Module, surge.DataModule, surge.ModelCheckpoint",
 }
+if importlib.util.find_spec("lightning") is not None:
+    SNIPPETS["lightning"] = "import torch, lightning"
 TIMER = "import time; t = time.perf_counter(); {code}; print(time.perf_counter() - t)"
 
 
