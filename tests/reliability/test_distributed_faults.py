@@ -60,6 +60,8 @@ class Net(surge.Module):
             self.log(f"step_key_rank{rank}", float(rank), sync_dist=True, on_step=True, on_epoch=False)
         if case == "partial_step" and rank == 0 and batch_idx == 1:  # a step value on one rank only
             self.log("only_rank0_step", 1.0, sync_dist=True, on_step=True, on_epoch=False)
+        if case == "stop_early" and rank == 1 and batch_idx == 2:  # one rank asks to stop, the other does not
+            self.trainer.should_stop = True
         if case == "reduce_conflict":
             self.log("acc", float(rank), sync_dist=True, on_step=False, on_epoch=True,
                      reduce_fx="max" if rank == 0 else "mean")
@@ -159,6 +161,18 @@ def test_a_step_value_logged_with_sync_dist_on_one_rank_only_is_named_at_the_tim
         or "rank 1 of 2: the gradient synchronisation in backward failed" in proc.stderr, proc.stderr[-3000:]
     assert ("rank(s) [0] in the all_gather of the step value self.log('only_rank0_step', sync_dist=True); "
             "rank(s) [1] in the gradient synchronisation in backward") in proc.stderr, proc.stderr[-3000:]
+
+
+def test_one_rank_stopping_early_is_named_at_the_timeout_not_a_hang(tmp_path):
+    # rank 1 sets trainer.should_stop at batch 2 and leaves the epoch; rank 0 trains on: both time out
+    # (DDP(timeout=10 s)) in different collectives, and the message says where each was and why
+    start = time.monotonic()
+    proc, results = _ddp(tmp_path, "stop_early", timeout=90, pg_timeout=10)
+    assert proc.returncode != 0 and not results, proc.stderr[-3000:]
+    assert time.monotonic() - start < 75
+    assert "rank(s) [0] in the gradient synchronisation in backward; rank(s) [1] in the train epoch-end" \
+        in proc.stderr, proc.stderr[-3000:]
+    assert "trainer.should_stop = True on some ranks only" in proc.stderr
 
 
 def test_one_key_with_different_reduce_per_rank_is_an_error_naming_key_and_ranks(tmp_path):

@@ -117,7 +117,9 @@ def explain(err: BaseException, what: str, rank: int, world_size: int, timeout: 
         lines.append(f"The ranks were waiting in different collectives ({detail}): they took different paths "
                      f"through the code, and each waits for the others forever. The usual causes: a collective "
                      f"on some ranks only, such as self.log(..., sync_dist=True) under `if self.global_rank == 0` "
-                     f"(log it on every rank, or without sync_dist), or ranks running different numbers of batches.")
+                     f"(log it on every rank, or without sync_dist), ranks running different numbers of batches, or "
+                     f"trainer.should_stop = True on some ranks only (set it on every rank, or let EarlyStopping "
+                     f"decide, which agrees across ranks).")
     elif not missing and timed_out:
         lines.append("Every rank answered from this same operation: a rank was slower than the timeout (a long "
                      "checkpoint write, a slow dataloader); raise DDP(timeout=...).")
