@@ -54,39 +54,10 @@ def plain(steps, batch, width) -> float:
     return (clock() - t) / steps
 
 
-class Net(surge.Module):
-    def __init__(self, width):
-        super().__init__()
-        self.net = make(width)
+def classes(module_base, callback_base):
+    """The benchmark's module and timer written once, for surge or Lightning (the same code on both)."""
 
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = F.cross_entropy(self.net(x), y)
-        self.log("loss", loss)
-        return loss
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-
-class Timer(surge.Callback):
-    def on_train_start(self, trainer, module):
-        self.t = clock()
-
-    def on_train_end(self, trainer, module):
-        self.elapsed = clock() - self.t
-
-
-def with_surge(steps, batch, width) -> float:
-    timer = Timer()
-    trainer = surge.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
-    trainer.fit(Net(width), loader(steps, batch))
-    return timer.elapsed / steps
-
-
-if L is not None:
-    class LitNet(L.LightningModule):
+    class Net(module_base):
         def __init__(self, width):
             super().__init__()
             self.net = make(width)
@@ -100,20 +71,31 @@ if L is not None:
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
-    class LitTimer(L.Callback):
+    class Timer(callback_base):
         def on_train_start(self, trainer, module):
             self.t = clock()
 
         def on_train_end(self, trainer, module):
             self.elapsed = clock() - self.t
 
+    return Net, Timer
+
+
+def timed_fit(trainer_cls, module_base, callback_base, steps, batch, width) -> float:
+    net_cls, timer_cls = classes(module_base, callback_base)
+    timer = timer_cls()
+    trainer = trainer_cls(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
+    trainer.fit(net_cls(width), loader(steps, batch))
+    return timer.elapsed / steps
+
+
+def with_surge(steps, batch, width) -> float:
+    return timed_fit(surge.Trainer, surge.Module, surge.Callback, steps, batch, width)
+
 
 def with_lightning(steps, batch, width) -> float:
-    timer = LitTimer()
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
-    trainer.fit(LitNet(width), loader(steps, batch))
-    return timer.elapsed / steps
+    return timed_fit(L.Trainer, L.LightningModule, L.Callback, steps, batch, width)
 
 
 def main() -> None:
