@@ -1,13 +1,20 @@
 """FSDP (fully_shard) tested for real: 1, 2 and 4 processes with gloo on CPU.
 
-Each test runs a small training script with ``sys.executable`` (surge's launcher starts the other
-rank). Checked against math: N processes on 1/N of each batch end with the weights of one process on
-the whole batches; a run resumed from a sharded checkpoint, on any world size, continues with the
-losses of the run that was never interrupted.
+Starting processes costs far more than the tiny trainings, so the runs are grouped by world size:
+one launch (``python train.py`` with ``sys.executable``; surge's launcher starts the other ranks) runs
+every configuration of its world size back to back, each in a folder of its own, and the tests check
+what those folders hold. The process group lives until the processes exit, so only the first Trainer
+of a launch pays for starting ranks and the rendezvous. Checked against math: N processes on 1/N of
+each batch end with the weights of one process on the whole batches; a run resumed from a sharded
+checkpoint, on any world size, continues with the losses of the run that was never interrupted.
 """
+import dataclasses
+import json
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +26,7 @@ from surge.strategies.fsdp import FSDP, consolidate
 from surge.utils import MisconfigurationError
 
 SCRIPT = r'''
-import json, os, sys
+import json, os, sys, traceback
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,8 +34,9 @@ from torch.utils.data import DataLoader, TensorDataset
 import surge
 from surge.strategies.fsdp import FSDP
 
-cfg = json.loads(sys.argv[1])
-out, devices = cfg["out"], cfg["devices"]
+root = sys.argv[1]
+with open(os.path.join(root, "configs.json")) as f:
+    configs = json.load(f)
 
 
 class Block(nn.Module):
@@ -41,8 +49,9 @@ class Block(nn.Module):
 
 
 class Net(surge.Module):
-    def __init__(self):
+    def __init__(self, meta):
         super().__init__()
+        self.meta = meta
         self.losses = []
 
     def configure_model(self):
@@ -50,7 +59,7 @@ class Net(surge.Module):
             return
         torch.manual_seed(0)
         # Built on the meta device, the model takes no memory until FSDP allocates each rank's shards.
-        with torch.device("meta") if cfg.get("meta") else torch.device("cpu"):
+        with torch.device("meta") if self.meta else torch.device("cpu"):
             # 9 rows in the input layer: shards of unequal size on 2 ranks
             self.inp = nn.Linear(8, 9)
             self.blocks = nn.Sequential(Block(9), Block(9))
@@ -76,53 +85,101 @@ def data(n):
     return TensorDataset(x, x[:, :1] * 2 - x[:, 1:2] + 0.1 * torch.randn(n, 1, generator=g))
 
 
-if cfg["fsdp"]:
-    strategy = FSDP(auto_wrap={Block}, state_dict_type=cfg.get("state_dict_type", "sharded"),
-                    activation_checkpointing={Block} if cfg.get("ac") else None,
-                    async_save=cfg.get("async_save", False), hsdp=cfg.get("hsdp"))
-else:
-    strategy = "auto"
-model = Net()
-trainer = surge.Trainer(accelerator=cfg.get("accelerator", "cpu"), devices=devices, strategy=strategy, max_steps=cfg["steps"],
-                        precision=cfg.get("precision", "32-true"),
-                        accumulate_grad_batches=cfg.get("accumulate", 1), gradient_clip_val=cfg.get("clip"),
-                        logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        enable_checkpointing="ckpt_dir" in cfg, callbacks=[surge.callbacks.ModelCheckpoint(
-                            cfg["ckpt_dir"], every_n_train_steps=5, save_top_k=2, save_last=True)] if "ckpt_dir" in cfg else None)
-# The global batch is 8: 8 // devices per rank.
-trainer.fit(model, DataLoader(data(640), batch_size=8 // devices, shuffle=False), ckpt_path=cfg.get("resume"))
-if cfg.get("save"):
-    trainer.save_checkpoint(cfg["save"])
-# A plain state dict of the trained weights, gathered (a collective: every rank).
-sd = trainer.strategy.module_state_dict() if not cfg["fsdp"] else None
-if cfg["fsdp"]:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    sd = get_model_state_dict(trainer.strategy.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-# the optimizer steps the grad scaler skipped ("16-mixed"), on every rank
-skipped = trainer.strategy.all_gather_object(getattr(trainer.strategy.precision, "skipped_steps", 0)) \
-    if cfg["fsdp"] else [getattr(trainer.strategy.precision, "skipped_steps", 0)]
-if trainer.is_global_zero:
-    torch.save({"weights": {k: v.detach().clone() for k, v in sd.items()}, "losses": model.losses,
-                "step": trainer.global_step, "dtypes": sorted({str(p.dtype) for p in model.parameters()}),
-                "logged": float(trainer.callback_metrics["train_loss"]),
-                "skipped": skipped}, os.path.join(out, "result.pt"))
+def run(cfg, out):
+    # Each configuration starts from the same random state, whatever ran before it in this process.
+    torch.manual_seed(0)
+    devices = cfg["devices"]
+    if cfg["fsdp"]:
+        strategy = FSDP(auto_wrap={Block}, state_dict_type=cfg.get("state_dict_type", "sharded"),
+                        activation_checkpointing={Block} if cfg.get("ac") else None,
+                        async_save=cfg.get("async_save", False), hsdp=cfg.get("hsdp"))
+    else:
+        strategy = "auto"
+    model = Net(meta=cfg.get("meta", False))
+    trainer = surge.Trainer(accelerator=cfg.get("accelerator", "cpu"), devices=devices, strategy=strategy,
+                            max_steps=cfg["steps"], precision=cfg.get("precision", "32-true"),
+                            accumulate_grad_batches=cfg.get("accumulate", 1), gradient_clip_val=cfg.get("clip"),
+                            logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            enable_checkpointing="ckpt_dir" in cfg, callbacks=[surge.callbacks.ModelCheckpoint(
+                                cfg["ckpt_dir"], every_n_train_steps=5, save_top_k=2, save_last=True)]
+                            if "ckpt_dir" in cfg else None)
+    # The global batch is 8: 8 // devices per rank.
+    trainer.fit(model, DataLoader(data(640), batch_size=8 // devices, shuffle=False), ckpt_path=cfg.get("resume"))
+    if cfg.get("save"):
+        trainer.save_checkpoint(cfg["save"])
+    # A plain state dict of the trained weights, gathered (a collective: every rank).
+    if cfg["fsdp"]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        sd = get_model_state_dict(trainer.strategy.module,
+                                  options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        sd = trainer.strategy.module_state_dict()
+    # the optimizer steps the grad scaler skipped ("16-mixed"), on every rank
+    skipped = getattr(trainer.strategy.precision, "skipped_steps", 0)
+    skipped = trainer.strategy.all_gather_object(skipped) if cfg["fsdp"] else [skipped]
+    if trainer.is_global_zero:
+        torch.save({"weights": {k: v.detach().clone() for k, v in sd.items()}, "losses": model.losses,
+                    "step": trainer.global_step, "dtypes": sorted({str(p.dtype) for p in model.parameters()}),
+                    "logged": float(trainer.callback_metrics["train_loss"]),
+                    "skipped": skipped}, os.path.join(out, "result.pt"))
+
+
+for cfg in configs:
+    out = os.path.join(root, cfg["name"])
+    try:
+        run(cfg, out)
+    except BaseException:
+        # The ranks of one launch share a process group: the configurations after this one cannot run.
+        with open(os.path.join(out, f"error{os.environ.get('RANK', '0')}.txt"), "w") as f:
+            f.write(traceback.format_exc())
+        raise
 '''
 
 
-def _run(tmp_path, name, **cfg):
-    import json
+def config(name, devices, fsdp=True, steps=20, **extra):
+    return {"name": name, "devices": devices, "fsdp": fsdp, "steps": steps, **extra}
 
-    out = tmp_path / name
-    out.mkdir()
-    script = tmp_path / "fsdp_script.py"
-    script.write_text(SCRIPT)
-    cfg = {"out": str(out), "devices": 1, "fsdp": True, "steps": 20, **cfg}
+
+@dataclasses.dataclass
+class Launch:
+    """What one launch left: a folder per configuration, its exit code and its stderr."""
+
+    root: Path
+    returncode: int
+    stderr: str
+
+    def result(self, name: str) -> dict:
+        """What configuration ``name`` saved on rank 0, or a failure with the traceback that stopped it."""
+        path = self.root / name / "result.pt"
+        if not path.exists():
+            errors = "".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
+                             for p in sorted((self.root / name).glob("error*.txt")))
+            failed = sorted({p.parent.name for p in self.root.glob("*/error*.txt")})
+            if not errors and failed:  # one process group for all: a failure ends the launch
+                errors = f"it did not run: the launch stopped at the failure of {', '.join(failed)}"
+            pytest.fail(f"{name!r} left no result (the launch exited with {self.returncode}):\n"
+                        f"{errors or self.stderr[-4000:]}")
+        return torch.load(path, weights_only=False)
+
+
+def launch(root: Path, configs: list, timeout: float) -> Launch:
+    """One ``python train.py`` (plus the ranks its first Trainer starts) running ``configs`` in order."""
+    for c in configs:
+        (root / c["name"]).mkdir()
+    (root / "configs.json").write_text(json.dumps(configs))
+    (root / "train.py").write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT",
                                                             "MASTER_ADDR", "TORCHELASTIC_RUN_ID", "SURGE_LAUNCHER_PID")}
-    proc = subprocess.run([sys.executable, str(script), json.dumps(cfg)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=90)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return torch.load(out / "result.pt", weights_only=False)
+    # A session of its own, so that a timeout ends the launched ranks too, not only rank 0.
+    proc = subprocess.Popen([sys.executable, str(root / "train.py"), str(root)], cwd=root, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        stderr += f"\n[the launch was killed after {timeout} s]"
+    return Launch(root, proc.returncode, stderr)
 
 
 def _assert_close(a, b, tol=1e-5):
@@ -132,23 +189,58 @@ def _assert_close(a, b, tol=1e-5):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Runs shared by several tests, each started once."""
-    tmp = tmp_path_factory.mktemp("fsdp")
-    cache = {}
-
-    def get(name, **cfg):
-        if name not in cache:
-            cache[name] = _run(tmp, name, **cfg)
-        return cache[name]
-
-    get.tmp = tmp
-    return get
+def four_ranks(tmp_path_factory):
+    """Both 4-process runs: 10 steps saved as a sharded checkpoint ("half.ckpt", resumed on 2 and 1
+    processes by the launches below), and HSDP on a 2 x 2 mesh."""
+    root = tmp_path_factory.mktemp("four_ranks")
+    return launch(root, [config("fsdp4_half", 4, steps=10, save=str(root / "half.ckpt")),
+                         config("hsdp_2x2", 4, hsdp=[2, 2])], timeout=240)
 
 
-def test_two_ranks_match_one_process(runs):
-    single = runs("single", fsdp=False)
-    sharded = runs("fsdp2", devices=2)
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, four_ranks):
+    """The one-process references (plain, no FSDP), then the 4-rank checkpoint resumed on one process
+    without FSDP and with it (last: it creates the process group that the plain runs do without)."""
+    half = str(four_ranks.root / "half.ckpt")
+    return launch(tmp_path_factory.mktemp("one_process"), [
+        config("single", 1, fsdp=False),
+        config("single_acc", 1, fsdp=False, accumulate=2, clip=0.05, steps=10),
+        config("resume1_plain", 1, fsdp=False, resume=half),
+        config("resume1_fsdp", 1, resume=half),
+    ], timeout=180)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, four_ranks):
+    """Every 2-process run, the sturdiest first (a failure ends the launch): the uninterrupted 20 steps
+    ("fsdp2", the reference of the resumes), the checkpoint writers and their resumes, the precisions,
+    and last the resume of the 4-rank checkpoint, which depends on another launch."""
+    root = tmp_path_factory.mktemp("two_ranks")
+    end, full = root / "fsdp2_end", root / "fsdp2_full"
+    return launch(root, [
+        config("fsdp2", 2),
+        config("fsdp2_acc", 2, accumulate=2, clip=0.05, steps=10),
+        # ModelCheckpoint every 5 steps (top 2 and last) written with async_save, then
+        # trainer.save_checkpoint("end.ckpt") after fit (synchronous: outside a stage nothing would wait)
+        config("fsdp2_end", 2, async_save=True, save=str(end / "end.ckpt"), ckpt_dir=str(end / "mc")),
+        config("fsdp2_full", 2, steps=10, save=str(full / "full.ckpt"), state_dict_type="full"),
+        config("resume_async", 2, resume=str(end / "mc" / "epoch=0-step=15.ckpt")),
+        config("resume_full", 2, resume=str(full / "full.ckpt")),
+        config("fsdp2_fp16", 2, precision="16-mixed", steps=12),
+        config("fsdp2_meta_bf16", 2, meta=True, ac=True, precision="bf16-mixed", steps=8),
+        config("resume2", 2, resume=str(four_ranks.root / "half.ckpt")),  # needs the 4-rank launch: last
+    ], timeout=360)
+
+
+@pytest.mark.parametrize("name", ["four_ranks", "one_process", "two_ranks"])
+def test_launch_exits_cleanly(request, name):
+    run = request.getfixturevalue(name)
+    assert run.returncode == 0, run.stderr[-4000:]
+
+
+def test_two_ranks_match_one_process(one_process, two_ranks):
+    single = one_process.result("single")
+    sharded = two_ranks.result("fsdp2")
     assert sharded["step"] == 20
     _assert_close(single["weights"], sharded["weights"])
     assert sharded["losses"] == pytest.approx(single["losses"], abs=1e-5)
@@ -156,40 +248,34 @@ def test_two_ranks_match_one_process(runs):
     assert sharded["logged"] == pytest.approx(single["logged"], abs=1e-4)
 
 
-def test_accumulation_and_clipping_match_one_process(runs):
-    single = runs("single_acc", fsdp=False, accumulate=2, clip=0.05, steps=10)
-    sharded = runs("fsdp2_acc", devices=2, accumulate=2, clip=0.05, steps=10)
+def test_accumulation_and_clipping_match_one_process(one_process, two_ranks):
+    single = one_process.result("single_acc")
+    sharded = two_ranks.result("fsdp2_acc")
     assert sharded["step"] == 10 and len(sharded["losses"]) == 20
     _assert_close(single["weights"], sharded["weights"])
 
 
-def test_sharded_checkpoint_resumes_on_other_world_sizes(runs):
-    full = runs("fsdp2", devices=2)  # the uninterrupted 20-step run
-    ckpt = str(runs.tmp / "half.ckpt")
-    first = runs("fsdp4_half", devices=4, steps=10, save=ckpt)  # saved on 4 ranks
+def test_sharded_checkpoint_resumes_on_other_world_sizes(four_ranks, one_process, two_ranks):
+    full = two_ranks.result("fsdp2")  # the uninterrupted 20-step run
+    ckpt = str(four_ranks.root / "half.ckpt")
+    first = four_ranks.result("fsdp4_half")  # saved on 4 ranks
     assert os.path.isdir(ckpt) and os.path.isfile(os.path.join(ckpt, "surge_meta.pt"))
     assert first["losses"] == pytest.approx(full["losses"][:10], abs=1e-6)
-    for name, cfg in {"resume2": dict(devices=2), "resume1_fsdp": dict(devices=1),
-                      "resume1_plain": dict(devices=1, fsdp=False)}.items():
-        resumed = runs(name, resume=ckpt, **cfg)
+    for launched, name in [(two_ranks, "resume2"), (one_process, "resume1_fsdp"), (one_process, "resume1_plain")]:
+        resumed = launched.result(name)
         assert resumed["step"] == 20, name
         assert resumed["losses"] == pytest.approx(full["losses"][10:], abs=1e-5), name
         _assert_close(full["weights"], resumed["weights"])
 
 
-def _end_run(runs):
-    """2 ranks, 20 steps, ModelCheckpoint every 5 steps (top 2 and last) written with async_save, then
-    trainer.save_checkpoint("end.ckpt") after fit (synchronous: outside a stage nothing would wait)."""
-    return runs("fsdp2_end", devices=2, async_save=True, save=str(runs.tmp / "end.ckpt"), ckpt_dir=str(runs.tmp / "mc"))
-
-
-def test_consolidate_loads_into_plain_module(runs, tmp_path):
-    full = runs("fsdp2", devices=2)
-    ckpt = str(runs.tmp / "end.ckpt")
-    _end_run(runs)
+def test_consolidate_loads_into_plain_module(two_ranks, tmp_path):
+    full = two_ranks.result("fsdp2")
+    two_ranks.result("fsdp2_end")
+    end = two_ranks.root / "fsdp2_end"
+    ckpt = str(end / "end.ckpt")
     # ModelCheckpoint writes folders too, and drops the ones that leave the top k
-    assert sorted(os.listdir(runs.tmp / "mc")) == ["epoch=0-step=15.ckpt", "epoch=0-step=20.ckpt", "last.ckpt"]
-    assert os.path.isfile(runs.tmp / "mc" / "last.ckpt" / "surge_meta.pt")
+    assert sorted(os.listdir(end / "mc")) == ["epoch=0-step=15.ckpt", "epoch=0-step=20.ckpt", "last.ckpt"]
+    assert os.path.isfile(end / "mc" / "last.ckpt" / "surge_meta.pt")
     out = consolidate(ckpt, tmp_path / "model.ckpt", weights_only=True)
     state = torch.load(out, weights_only=True)["state_dict"]
     torch.manual_seed(0)
@@ -205,49 +291,49 @@ def test_consolidate_loads_into_plain_module(runs, tmp_path):
     assert len(torch.load(tmp_path / "all.ckpt", weights_only=True)["optimizer_states"]) == 1
 
 
-def test_full_state_dict_is_one_file(runs):
-    ckpt = str(runs.tmp / "full.ckpt")
-    runs("fsdp2_full", devices=2, steps=10, save=ckpt, state_dict_type="full")
+def test_full_state_dict_is_one_file(two_ranks):
+    ckpt = str(two_ranks.root / "fsdp2_full" / "full.ckpt")
+    two_ranks.result("fsdp2_full")
     assert os.path.isfile(ckpt)
     loaded = torch.load(ckpt, weights_only=True)
     assert loaded["state_dict"]["inp.weight"].shape == (9, 8)
     assert set(loaded["optimizer_states"][0]["state"]) == set(range(8))
-    resumed = runs("resume_full", devices=2, resume=ckpt)
-    assert resumed["losses"] == pytest.approx(runs("fsdp2", devices=2)["losses"][10:], abs=1e-5)
+    resumed = two_ranks.result("resume_full")
+    assert resumed["losses"] == pytest.approx(two_ranks.result("fsdp2")["losses"][10:], abs=1e-5)
 
 
-def test_meta_init_bf16_and_activation_checkpointing(runs):
+def test_meta_init_bf16_and_activation_checkpointing(two_ranks):
     """configure_model on the meta device, precision="bf16-mixed" through FSDP's policy, recomputed blocks."""
-    run = runs("fsdp2_meta_bf16", devices=2, meta=True, ac=True, precision="bf16-mixed", steps=8)
+    run = two_ranks.result("fsdp2_meta_bf16")
     assert run["step"] == 8 and run["dtypes"] == ["torch.float32"]  # sharded master weights stay fp32
     assert all(map(torch.isfinite, torch.tensor(run["losses"])))
     assert run["losses"][-1] < run["losses"][0]
     assert run["weights"]["inp.weight"].shape == (9, 8)
 
 
-def test_hsdp_four_ranks_match_one_process(runs):
+def test_hsdp_four_ranks_match_one_process(one_process, four_ranks):
     """A 2-D mesh: 2 replicas x 2 shards. Gradients are reduce-scattered within each shard group and
     all-reduced across the replicas: the same math as one process on the whole batches."""
-    single = runs("single", fsdp=False)
-    hsdp = runs("hsdp_2x2", devices=4, hsdp=[2, 2])
+    single = one_process.result("single")
+    hsdp = four_ranks.result("hsdp_2x2")
     assert hsdp["step"] == 20
     _assert_close(single["weights"], hsdp["weights"])
     assert hsdp["losses"] == pytest.approx(single["losses"], abs=1e-5)
 
 
-def test_async_save_resumes_like_sync(runs):
+def test_async_save_resumes_like_sync(two_ranks):
     """async_save=True: the same training, the checkpoints complete when fit returns (the stale top-k
     ones removed only after the newer one was committed), and they resume with the uninterrupted losses."""
-    full = runs("fsdp2", devices=2)
-    mc = runs.tmp / "mc"
-    run = _end_run(runs)
+    full = two_ranks.result("fsdp2")
+    mc = two_ranks.root / "fsdp2_end" / "mc"
+    run = two_ranks.result("fsdp2_end")
     assert run["losses"] == full["losses"]
     _assert_close(full["weights"], run["weights"], tol=0)
     # no temporary folders left: every checkpoint is committed under its name, with all its parts
     assert sorted(os.listdir(mc)) == ["epoch=0-step=15.ckpt", "epoch=0-step=20.ckpt", "last.ckpt"]
     for name in os.listdir(mc):
         assert {".metadata", "surge_meta.pt", "__0_0.distcp", "__1_0.distcp"} <= set(os.listdir(mc / name)), name
-    resumed = runs("resume_async", devices=2, resume=str(mc / "epoch=0-step=15.ckpt"))
+    resumed = two_ranks.result("resume_async")
     assert resumed["step"] == 20
     assert resumed["losses"] == pytest.approx(full["losses"][15:], abs=1e-5)
     _assert_close(full["weights"], resumed["weights"])
@@ -282,11 +368,11 @@ def test_pending_save_commits_then_prunes(tmp_path):
     assert old.exists() and not failed.exists()
 
 
-def test_fp16_mixed_with_sharded_grad_scaler(runs):
+def test_fp16_mixed_with_sharded_grad_scaler(two_ranks):
     """precision="16-mixed": float16 compute through FSDP's policy, float32 master weights, and a scaler
     that sees inf in any rank's gradient shard, so that every rank skips the same steps (the initial
     scale 2**16 overflows float16 gradients at first: some steps are skipped)."""
-    run = runs("fsdp2_fp16", devices=2, precision="16-mixed", steps=12)
+    run = two_ranks.result("fsdp2_fp16")
     assert run["step"] == 12 and run["dtypes"] == ["torch.float32"]
     assert run["skipped"][0] == run["skipped"][1] and 1 <= run["skipped"][0] < 12, run["skipped"]
     assert all(map(torch.isfinite, torch.tensor(run["losses"])))
@@ -295,19 +381,22 @@ def test_fp16_mixed_with_sharded_grad_scaler(runs):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
-def test_cuda_mixed_precision_and_async_save(runs, precision):
+def test_cuda_mixed_precision_and_async_save(tmp_path, precision):
     """Written without a GPU and not run yet: one CUDA process (NCCL for training, the gloo group for the
-    background writes), FSDP's float16 / bf16 policy, async checkpoints that resume."""
-    mc = runs.tmp / f"mc_cuda_{precision}"
-    run = runs(f"cuda_{precision}", accelerator="cuda", precision=precision, async_save=True, ckpt_dir=str(mc),
-               steps=12)
+    background writes), FSDP's float16 / bf16 policy, async checkpoints that resume (in the same launch)."""
+    mc = tmp_path / "cuda" / "mc"
+    cuda = dict(accelerator="cuda", precision=precision)
+    done = launch(tmp_path, [config("cuda", 1, steps=12, async_save=True, ckpt_dir=str(mc), **cuda),
+                             config("cuda_resume", 1, steps=12, resume=str(mc / "epoch=0-step=10.ckpt"), **cuda)],
+                  timeout=180)
+    run = done.result("cuda")
     assert run["step"] == 12 and run["dtypes"] == ["torch.float32"]
     assert all(map(torch.isfinite, torch.tensor(run["losses"])))
     assert {"epoch=0-step=10.ckpt", "last.ckpt"} <= set(os.listdir(mc))
-    resumed = runs(f"cuda_{precision}_resume", accelerator="cuda", precision=precision, steps=12,
-                   resume=str(mc / "epoch=0-step=10.ckpt"))
+    resumed = done.result("cuda_resume")
     assert resumed["step"] == 12
     assert resumed["losses"] == pytest.approx(run["losses"][10:], abs=1e-3)
+    assert done.returncode == 0, done.stderr[-4000:]
 
 
 @pytest.mark.parametrize("kwargs, match", [
