@@ -4,44 +4,57 @@ Correctness against math: a pipeline's loss, gradients and weights after 20 opti
 the unsplit model on one device, and so do the metrics the user's training_step logs (on every rank, and in
 rank 0's CSV file); its checkpoint is a whole-model checkpoint, and a run resumed from a mid-epoch one
 continues bit for bit.
+
+Starting processes is what costs here (each pays seconds importing torch.distributed.pipelining and
+joining gloo), not the steps. So each process count is one launch: a script that runs every
+configuration of that size one after the other, each a new Trainer and model (the later ones reuse the
+launched processes and the process group), writing into its own folder; the tests then read the folders.
 """
+import contextlib
 import csv
+import dataclasses
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 import surge
-from surge.demos.gpt import GPTConfig, GPTModule
+from surge.demos.gpt import GPTConfig, GPTModule, stdlib_text_loader
 from surge.strategies.model_parallel import find_body, plan_split
-from surge.strategies.pipeline import Pipeline, _merge_logs, schedule_names, split_batch
+from surge.strategies.pipeline import Pipeline, schedule_names
+from surge.strategies.pipeline_steps import merge_logs, split_batch
 from surge.utils import MisconfigurationError
 
 SCRIPT = r'''
-import json, math, sys
+import json, math, os, sys, traceback
 import torch
-import torch.nn.functional as F
 import surge
 from surge.loggers import CSVLogger
 from surge.strategies import Pipeline
 from surge.demos.gpt import GPTConfig, GPTModule, stdlib_text_loader
 
-out, devices, schedule, stages, virtual, micro, steps, batch, mode = sys.argv[1:10]
-devices, stages, virtual, micro, steps, batch = int(devices), int(stages), int(virtual), int(micro), int(steps), int(batch)
+root = sys.argv[1]
+with open(f"{root}/configs.json") as f:
+    configs = json.load(f)
 
 
 class Grab(surge.Callback):
-    def __init__(self):
-        self.losses = []
+    def __init__(self, out):
+        self.out, self.losses = out, []
 
     def on_before_optimizer_step(self, trainer, module, optimizer):
         if trainer.global_step == 0:
             torch.save({n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None},
-                       f"{out}/grads{trainer.global_rank}.pt")
+                       f"{self.out}/grads{trainer.global_rank}.pt")
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.losses.append(float(outputs["loss"]))
@@ -62,83 +75,156 @@ class SGDGPT(GPTModule):
         return loss
 
 
-class Submodule(SGDGPT):
-    def training_step(self, batch, batch_idx):  # self.model(x), not self(x): cannot work under a pipeline
-        x, y = batch
-        return F.cross_entropy(self.model(x).flatten(0, 1), y.flatten())
+def trainer_for(c, max_steps, callbacks=(), logger=False, checkpointing=False):
+    strategy = "auto" if c["schedule"] == "single" else Pipeline(
+        stages=c["stages"] or None, schedule=c["schedule"], microbatches=c["micro"], virtual_stages=c["virtual"])
+    return surge.Trainer(strategy=strategy, accelerator="cpu", devices=c["devices"], max_steps=max_steps,
+                         logger=logger, enable_checkpointing=checkpointing, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=list(callbacks), gradient_clip_val=0.5,
+                         num_sanity_val_steps=0, log_every_n_steps=1)
 
 
-def trainer_for(max_steps, callbacks=(), logger=False, checkpointing=False):
-    strategy = "auto" if schedule == "single" else \
-        Pipeline(stages=stages or None, schedule=schedule, microbatches=micro, virtual_stages=virtual)
-    return surge.Trainer(strategy=strategy, accelerator="cpu", devices=devices, max_steps=max_steps, logger=logger,
-                         enable_checkpointing=checkpointing, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=list(callbacks), gradient_clip_val=0.5, num_sanity_val_steps=0,
-                         log_every_n_steps=1)
+def loader(c):  # enough for 2 replicas
+    return stdlib_text_loader(16, batch_size=c["batch"], limit=16 * c["steps"], shuffle=c["mode"] == "resume")
 
 
-def loader():
-    return stdlib_text_loader(16, batch_size=batch, limit=16 * steps, shuffle=mode == "resume")  # enough for 2 replicas
+def run(c, out):
+    torch.manual_seed(0)
+    model, grab, steps = SGDGPT(GPTConfig.tiny(n_layer=4)), Grab(out), c["steps"]
+    if c["mode"] == "fit":
+        trainer = trainer_for(c, steps, [grab], logger=CSVLogger(out, name="csv", version=0))
+        trainer.fit(model, loader(c))
+        trainer.save_checkpoint(f"{out}/final.ckpt")
+        result = {"losses": grab.losses, "metric": float(trainer.callback_metrics["train_loss"]),
+                  "mine": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("my_")}}
+    elif c["mode"] == "resume":
+        # Uninterrupted, with a checkpoint in the middle of the epoch (chosen by a metric the user logs) ...
+        middle = (steps + 1) // 2  # the only multiple of every_n_train_steps up to `steps` (an odd number)
+        checkpoint = surge.ModelCheckpoint(dirpath=f"{out}/ckpt", filename="middle", every_n_train_steps=middle,
+                                           monitor="my_bits_step")
+        trainer = trainer_for(c, steps, [grab, checkpoint], checkpointing=True)
+        trainer.fit(model, loader(c))
+        trainer.save_checkpoint(f"{out}/final.ckpt")
+        # ... then a new model (other weights, other random state) resumed from it to the same end.
+        torch.manual_seed(1)
+        resumed, grab_resumed = SGDGPT(GPTConfig.tiny(n_layer=4)), Grab(out)
+        again = trainer_for(c, steps, [grab_resumed])
+        again.fit(resumed, loader(c), ckpt_path=f"{out}/ckpt/middle.ckpt")
+        again.save_checkpoint(f"{out}/resumed.ckpt")
+        result = {"losses": grab.losses, "resumed": grab_resumed.losses, "middle": middle}
+    else:  # "validate" a checkpoint saved by another run
+        trainer = trainer_for(c, steps)
+        result = trainer.validate(model, loader(c), ckpt_path=c["ckpt"], verbose=False)[0]
+    with open(f"{out}/result{trainer.global_rank}.json", "w") as f:
+        json.dump(result, f)
 
 
-torch.manual_seed(0)
-model = (Submodule if mode == "submodule" else SGDGPT)(GPTConfig.tiny(n_layer=4))
-grab = Grab()
-if mode in ("fit", "submodule"):
-    trainer = trainer_for(steps, [grab], logger=CSVLogger(out, name="csv", version=0))
-    trainer.fit(model, loader())
-    trainer.save_checkpoint(f"{out}/final.ckpt")
-    result = {"losses": grab.losses, "metric": float(trainer.callback_metrics["train_loss"]),
-              "mine": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("my_")}}
-elif mode == "resume":
-    # Uninterrupted, with a checkpoint in the middle of the epoch (chosen by a metric the user logs) ...
-    middle = (steps + 1) // 2  # the only multiple of every_n_train_steps up to `steps` (an odd number)
-    checkpoint = surge.ModelCheckpoint(dirpath=f"{out}/ckpt", filename="middle", every_n_train_steps=middle,
-                                       monitor="my_bits_step")
-    trainer = trainer_for(steps, [grab, checkpoint], checkpointing=True)
-    trainer.fit(model, loader())
-    trainer.save_checkpoint(f"{out}/final.ckpt")
-    # ... then a new model (other weights, other random state) resumed from it to the same end.
-    torch.manual_seed(1)
-    resumed, grab_resumed = SGDGPT(GPTConfig.tiny(n_layer=4)), Grab()
-    again = trainer_for(steps, [grab_resumed])
-    again.fit(resumed, loader(), ckpt_path=f"{out}/ckpt/middle.ckpt")
-    again.save_checkpoint(f"{out}/resumed.ckpt")
-    result = {"losses": grab.losses, "resumed": grab_resumed.losses, "middle": middle}
-else:  # validate a checkpoint saved by another run
-    trainer = trainer_for(steps)
-    result = trainer.validate(model, loader(), ckpt_path=mode, verbose=False)[0]
-with open(f"{out}/result{trainer.global_rank}.json", "w") as f:
-    json.dump(result, f)
+for c in configs:
+    out = f"{root}/{c['name']}"
+    try:
+        run(c, out)
+    except BaseException:
+        # The ranks of one launch share a process group, so the configurations after this one cannot run.
+        with open(f"{out}/error{os.environ.get('RANK', '0')}.txt", "w") as f:
+            f.write(traceback.format_exc())
+        raise
 '''
 
 STEPS = 20
+CASES = [("GPipe", 2, 1), ("1F1B", 2, 1), ("Interleaved1F1B", 2, 2), ("InterleavedZeroBubble", 2, 2),
+         ("ZBVZeroBubble", 2, 2)]
+TWO_STAGE = [c for c in CASES if c[0] in schedule_names()]
 
 
-def run(tmp_path, name, devices, schedule, stages=0, virtual=1, micro=4, steps=STEPS, batch=8, mode="fit"):
-    out = tmp_path / name
-    out.mkdir()
-    script = tmp_path / "train.py"
-    script.write_text(SCRIPT)
+def config(name, devices, schedule, stages=0, virtual=1, micro=4, steps=STEPS, batch=8, mode="fit", ckpt=None):
+    return dict(name=name, devices=devices, schedule=schedule, stages=stages, virtual=virtual, micro=micro,
+                steps=steps, batch=batch, mode=mode, ckpt=ckpt)
+
+
+@dataclasses.dataclass
+class Launch:
+    """What one launch left: a folder per configuration, its exit code and its stderr."""
+
+    root: Path
+    returncode: int
+    stderr: str
+
+    def out(self, name: str, ranks=(0,)) -> Path:
+        """The folder of configuration ``name``, once every one of ``ranks`` finished it."""
+        out = self.root / name
+        missing = [r for r in ranks if not (out / f"result{r}.json").exists()]
+        if missing:
+            errors = "".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(out.glob("error*.txt")))
+            pytest.fail(f"{name!r} did not finish on ranks {missing} (the launch exited with {self.returncode}"
+                        f"{'' if errors else ', maybe in an earlier configuration'}):\n{errors or self.stderr[-3000:]}")
+        return out
+
+
+def launch(root: Path, configs: list, timeout: float) -> Launch:
+    """One ``python train.py`` (plus the processes its first Trainer starts) running ``configs`` in order."""
+    for c in configs:
+        (root / c["name"]).mkdir()
+    (root / "configs.json").write_text(json.dumps(configs))
+    (root / "train.py").write_text(SCRIPT)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR", "TORCHELASTIC_RUN_ID",
+              "SURGE_LAUNCHER_PID"):
         env.pop(k, None)
-    proc = subprocess.run([sys.executable, str(script), str(out), str(devices), schedule, str(stages), str(virtual),
-                           str(micro), str(steps), str(batch), mode], env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=240)
-    return proc, out
-
-
-def result(out, rank=0):
-    return json.loads((out / f"result{rank}.json").read_text())
+    # A session of its own, so that a timeout ends the launched ranks too, not only rank 0.
+    proc = subprocess.Popen([sys.executable, str(root / "train.py"), str(root)], env=env, cwd=root, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except BaseException as err:  # a timeout, or this test run interrupted: end every rank of the launch
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        if not isinstance(err, subprocess.TimeoutExpired):
+            raise
+        stderr += f"\n[the launch was killed after {timeout} s]"
+    return Launch(root, proc.returncode, stderr)
 
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
-    """The unsplit model on one device: the reference every pipeline must reproduce."""
-    proc, out = run(tmp_path_factory.mktemp("single"), "single", 1, "single")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    """One process, no pipeline: the unsplit model on one device, the reference every pipeline must
+    reproduce ("single"); the same on the global batch of 2 x 2 ("ref"); "single"'s checkpoint validated."""
+    root = tmp_path_factory.mktemp("one_process")
+    run = launch(root, [config("single", 1, "single"), config("ref", 1, "single", steps=4, batch=16),
+                        config("valref", 1, "single", steps=2, mode="validate", ckpt=str(root / "single" / "final.ckpt"))],
+                 timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory, single):
+    """Every 2-process configuration in one launch: each 2-stage schedule, an exact resume, and a
+    single-device checkpoint validated by a 2-stage pipeline. The sturdiest run first: a failure ends the
+    launch."""
+    ckpt = str(single.out("single") / "final.ckpt")
+    configs = [config(s, d, s, virtual=v) for s, d, v in TWO_STAGE if s in ("GPipe", "1F1B")]
+    configs += [config("resume", 2, "1F1B", steps=5, mode="resume"),
+                config("val", 2, "GPipe", steps=2, mode="validate", ckpt=ckpt)]
+    configs += [config(s, d, s, virtual=v) for s, d, v in TWO_STAGE if s not in ("GPipe", "1F1B")]
+    return launch(tmp_path_factory.mktemp("two_processes"), configs, timeout=540)
+
+
+@pytest.fixture(scope="module")
+def four_processes(tmp_path_factory):
+    """Both 4-process configurations in one launch: 4 stages, and 2 stages x 2 replicas."""
+    configs = [config("four", 4, "1F1B"), config("2x2", 4, "1F1B", stages=2, steps=4, batch=8)]
+    return launch(tmp_path_factory.mktemp("four_processes"), configs, timeout=540)
+
+
+@pytest.mark.parametrize("name", ["single", "two_processes", "four_processes"])
+def test_launch_exits_cleanly(request, name):
+    run = request.getfixturevalue(name)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def result(out, rank=0):
+    return json.loads((out / f"result{rank}.json").read_text())
 
 
 def grads(out, ranks):
@@ -180,29 +266,20 @@ def assert_same_as_single(out, single, ranks):
         torch.testing.assert_close(w[name], w_ref[name], atol=2e-5, rtol=1e-4, msg=name)
 
 
-CASES = [("GPipe", 2, 1), ("1F1B", 2, 1), ("Interleaved1F1B", 2, 2), ("InterleavedZeroBubble", 2, 2),
-         ("ZBVZeroBubble", 2, 2)]
+@pytest.mark.parametrize("schedule, devices, virtual", TWO_STAGE)
+def test_two_stage_pipeline_matches_single_device(two_processes, single, schedule, devices, virtual):
+    out = two_processes.out(schedule, range(devices))
+    assert_same_as_single(out, single.out("single"), range(devices))
 
 
-@pytest.mark.parametrize("schedule, devices, virtual", [c for c in CASES if c[0] in schedule_names()])
-def test_two_stage_pipeline_matches_single_device(tmp_path, single, schedule, devices, virtual):
-    proc, out = run(tmp_path, schedule, devices, schedule, virtual=virtual)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_same_as_single(out, single, range(devices))
+def test_four_stage_pipeline_matches_single_device(four_processes, single):
+    out = four_processes.out("four", range(4))
+    assert_same_as_single(out, single.out("single"), range(4))
 
 
-def test_four_stage_pipeline_matches_single_device(tmp_path, single):
-    proc, out = run(tmp_path, "four", 4, "1F1B", steps=STEPS)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_same_as_single(out, single, range(4))
-
-
-def test_two_by_two_trains_gpt_like_one_device_on_the_global_batch(tmp_path):
+def test_two_by_two_trains_gpt_like_one_device_on_the_global_batch(four_processes, single):
     # 2 stages x 2 replicas, 8 samples per replica == one device on batches of 16.
-    proc, out = run(tmp_path, "2x2", 4, "1F1B", stages=2, steps=4, batch=8)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    proc, ref = run(tmp_path, "ref", 1, "single", steps=4, batch=16)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out, ref = four_processes.out("2x2", range(4)), single.out("ref")
     # Each replica reports the loss of its own half (ranks 0-1 are replica 0, ranks 2-3 replica 1).
     halves = zip(result(out, 0)["losses"], result(out, 2)["losses"])
     assert [(a + b) / 2 for a, b in halves] == pytest.approx(result(ref)["losses"], abs=1e-5)
@@ -214,22 +291,18 @@ def test_two_by_two_trains_gpt_like_one_device_on_the_global_batch(tmp_path):
         torch.testing.assert_close(w[name], w_ref[name], atol=2e-5, rtol=1e-4, msg=name)
 
 
-def test_checkpoints_move_between_single_device_and_pipeline(tmp_path, single):
+def test_checkpoints_move_between_single_device_and_pipeline(two_processes, single):
     # A single-device checkpoint validated by a 2-stage pipeline, a 2-stage one loaded into a plain module.
-    proc, out = run(tmp_path, "val", 2, "GPipe", steps=2, mode=str(single / "final.ckpt"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    proc, ref = run(tmp_path, "valref", 1, "single", steps=2, mode=str(single / "final.ckpt"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out, ref = two_processes.out("val", range(2)), single.out("valref")
     assert result(out)["val_loss"] == pytest.approx(result(ref)["val_loss"], abs=1e-5)
     assert result(out, 1)["val_loss"] == pytest.approx(result(ref)["val_loss"], abs=1e-5)
 
 
-def test_pipeline_resumes_exactly_from_a_mid_epoch_checkpoint(tmp_path):
+def test_pipeline_resumes_exactly_from_a_mid_epoch_checkpoint(two_processes):
     # One uninterrupted run of 5 steps on shuffled data, with a checkpoint after step 3 (ModelCheckpoint
     # monitoring a metric training_step logs, so rank 0 must see it); then a new model and Trainer resumed
     # from that checkpoint: the same losses bit for bit, the same final weights.
-    proc, out = run(tmp_path, "resume", 2, "1F1B", steps=5, mode="resume")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = two_processes.out("resume", range(2))
     for r in range(2):
         res = result(out, r)
         assert res["middle"] == 3 and len(res["losses"]) == 5
@@ -240,17 +313,47 @@ def test_pipeline_resumes_exactly_from_a_mid_epoch_checkpoint(tmp_path):
         torch.testing.assert_close(w_resumed[name], w[name], atol=0, rtol=0, msg=name)
 
 
-def test_training_step_calling_a_submodule_is_a_clear_error(tmp_path):
-    proc, _ = run(tmp_path, "submodule", 2, "GPipe", steps=1, mode="submodule")
-    assert proc.returncode != 0
-    assert "training_step must compute the model's output with one call self(inputs)" in proc.stderr
-    assert "Call self(x) exactly once, not a submodule" in proc.stderr
+# ---------------------------------------------------------------------- errors: a one-stage pipeline in this process
+@pytest.fixture
+def own_group(monkeypatch):
+    """A one-stage pipeline (devices=1) runs in this process, on a process group of its own: on a free
+    port, and gone again, with the variables the strategy sets, when the test ends."""
+    from surge.launch import find_free_port
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID", "SURGE_LAUNCHER_PID"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(find_free_port()))
+    assert not dist.is_initialized()
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
-def test_batch_not_divisible_by_microbatches_is_a_clear_error(tmp_path):
-    proc, _ = run(tmp_path, "bad", 2, "GPipe", micro=3, steps=1, batch=8)
-    assert proc.returncode != 0
-    assert "does not split into Pipeline(microbatches=3)" in proc.stderr
+def fit_one_stage(model, **pipeline):
+    trainer = surge.Trainer(strategy=Pipeline(**pipeline), accelerator="cpu", devices=1, max_steps=1, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            num_sanity_val_steps=0)
+    trainer.fit(model, stdlib_text_loader(16, batch_size=8, limit=16))
+
+
+def test_training_step_calling_a_submodule_is_a_clear_error(own_group):
+    class Submodule(GPTModule):
+        def training_step(self, batch, batch_idx):  # self.model(x), not self(x): cannot work under a pipeline
+            x, y = batch
+            return F.cross_entropy(self.model(x).flatten(0, 1), y.flatten())
+
+    torch.manual_seed(0)
+    with pytest.raises(MisconfigurationError, match=re.escape(
+            "training_step must compute the model's output with one call self(inputs)")) as err:
+        fit_one_stage(Submodule(GPTConfig.tiny(n_layer=2)), schedule="GPipe")
+    assert "Call self(x) exactly once, not a submodule" in str(err.value)
+
+
+def test_batch_not_divisible_by_microbatches_is_a_clear_error(own_group):
+    torch.manual_seed(0)
+    with pytest.raises(MisconfigurationError, match=re.escape("does not split into Pipeline(microbatches=3)")):
+        fit_one_stage(GPTModule(GPTConfig.tiny(n_layer=2)), schedule="GPipe", microbatches=3)
 
 
 # ---------------------------------------------------------------------- in-process: no processes needed
@@ -329,7 +432,7 @@ def test_what_micro_batches_log_merges_by_reduce_fx():
                   ("w", torch.tensor(1.0), opts("mean", 1)), ("m", torch.tensor(5.0), opts("max"))],
                  [("a", torch.tensor(3.0), opts("mean")), ("s", torch.tensor(5.0), opts("sum")),
                   ("w", torch.tensor(4.0), opts("mean", 3)), ("m", torch.tensor(2.0), opts("max"))]]
-    merged = {name: (float(v), o["batch_size"]) for name, v, o in _merge_logs(per_micro)}
+    merged = {name: (float(v), o["batch_size"]) for name, v, o in merge_logs(per_micro)}
     assert merged == {"a": (2.0, None), "s": (7.0, None), "w": (3.25, 4), "m": (5.0, None)}
 
 

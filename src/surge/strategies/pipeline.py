@@ -14,8 +14,9 @@ inside the schedule (its loss drives the schedule's backward), ``validation_step
 output with exactly one call ``self(inputs)``. What those steps ``self.log`` is recorded on the last
 stage (per batch: the micro-batches' values reduced by ``reduce_fx``), sent to every stage and logged
 there, so rank 0 (the first stage, which writes loggers and the progress bar), ``ModelCheckpoint`` and
-``EarlyStopping`` see the user's metrics on every rank. The first stage takes ``batch[0]`` (or the batch
-itself, if a tensor); a module with another batch layout defines ``pipeline_inputs(batch) -> Tensor``.
+``EarlyStopping`` see the user's metrics on every rank (that machinery is in
+:mod:`surge.strategies.pipeline_steps`). The first stage takes ``batch[0]`` (or the batch itself, if a
+tensor); a module with another batch layout defines ``pipeline_inputs(batch) -> Tensor``.
 
 With more processes than stages, ``Pipeline(stages=p)`` on ``p * d`` processes builds a DeviceMesh
 ``(dp=d, pp=p)``: each pipeline replica trains on its share of the data and the gradients are averaged
@@ -24,21 +25,18 @@ across replicas before the optimizer step.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import inspect
 import os
-import zlib
-from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
 
-from ..results import _as_tensor, _reduce_name
-from ..utils import MisconfigurationError, SurgeError
+from ..utils import MisconfigurationError
 from .ddp import DDP
 from .model_parallel import StageModule, find_body, keep_only, plan_split
+from .pipeline_steps import MicroStep, call_step, detached_to, recording, replay_logs, split_batch
 from .strategy import Strategy, register
 
 # Our name -> (torch class, holds several stages per rank, how stages map onto ranks).
@@ -117,7 +115,7 @@ class Pipeline(DDP):
         self._split_of: Optional[torch.nn.Module] = None
         self._schedules: dict = {}
         self._sync = True
-        self._micro: Optional[_MicroStep] = None  # the training batch now in the schedule
+        self._micro: Optional[MicroStep] = None  # the training batch now in the schedule
 
     # ------------------------------------------------------------------ set-up
     def configure(self, accelerator, device_ids, num_nodes, precision) -> None:
@@ -191,7 +189,7 @@ class Pipeline(DDP):
         with self.precision.autocast():
             if training:
                 micro = split_batch(batch, size, self.microbatches) if self.is_last else []
-                self._micro = _MicroStep(micro, batch_idx, extra, schedule)
+                self._micro = MicroStep(micro, batch_idx, extra, schedule)
                 if self.is_last:  # the target of micro-batch i is i: the loss knows which micro-batch it is on
                     step_kwargs = dict(step_kwargs, target=torch.arange(self.microbatches, device=self.root_device))
                 try:
@@ -204,12 +202,13 @@ class Pipeline(DDP):
                 output = schedule.eval(*args)
                 if self.is_last:
                     logs: list = []
-                    with self._recording(logs):
-                        payload = self._call_step(stage, output, batch, batch_idx, extra), logs
+                    with recording(self.module, logs):
+                        payload = call_step(self.module, stage, output, batch, batch_idx, extra), logs
         result, logs = self._from_last(payload)
         if training and self._sync and self.dp > 1:
             self._average_gradients()
-        self._replay(logs)
+        device = self._collective_device() if self.dp > 1 else None  # only a sync across replicas needs one
+        replay_logs(self.module, logs, self.dp, self.dp_group, device)
         return result
 
     def _inputs_of(self, batch) -> torch.Tensor:
@@ -237,124 +236,16 @@ class Pipeline(DDP):
 
     def _micro_loss(self, output, target):
         """The schedule's ``loss_fn`` (last stage, training): ``training_step`` on micro-batch ``target``."""
-        micro = self._micro
-        if not _shapes_known(micro.schedule):
-            # torch infers a new schedule's shapes with one forward and backward on placeholder activations:
-            # any loss with a gradient will do there, and the user's step must not see placeholder data.
-            return _zero_loss(output)
-        i = int(target.reshape(-1)[0])
-        logs = micro.logs[i] = []
-        with self._recording(logs):
-            result = self._call_step("training", output, micro.batches[i], micro.batch_idx, micro.extra)
-        loss = _loss_of(result)
-        micro.losses[i] = None if loss is None else loss.detach()
-        if loss is None:  # this micro-batch adds no gradient
-            return _zero_loss(output)
         # The schedule sums the micro-batches' gradients (scale_grads=False): divide here, by the
         # accumulation window too, so the gradients are those of the window's mean loss.
-        trainer = self.module.trainer
-        accumulate = getattr(trainer, "accumulate_grad_batches", 1) or 1
-        return loss / (self.microbatches * accumulate)
-
-    def _call_step(self, stage: str, output, batch, batch_idx: int, extra: tuple):
-        """The user's ``{stage}_step(batch, batch_idx, *extra)`` with ``self(...)`` returning ``output``."""
-        module, name = self.module, f"{stage}_step"
-        calls = []
-
-        def forward(*args, **kwargs):
-            calls.append(None)
-            if len(calls) > 1:
-                raise MisconfigurationError(_one_call(name, "called self(...) a second time"))
-            first = args[0] if args else None
-            if isinstance(first, torch.Tensor) and isinstance(output, torch.Tensor) and first.dim() \
-                    and first.shape[0] != output.shape[0]:
-                raise MisconfigurationError(_one_call(name, f"called self(...) on {first.shape[0]} samples, but the "
-                                                            f"pipeline ran the model on {output.shape[0]}"))
-            return output
-
-        saved = module.__dict__.get("forward", _MISSING)
-        module.forward = forward  # an instance attribute: nn.Module.__call__ runs it, hooks included
-        try:
-            result = getattr(module, name)(batch, batch_idx, *extra)
-        except SurgeError:
-            raise
-        except Exception as err:
-            if not calls:  # most likely a submodule called directly: this process lacks the other stages
-                raise MisconfigurationError(_one_call(name, f"raised {type(err).__name__} before calling self(...): "
-                                                            f"{err}")) from err
-            raise
-        finally:
-            if saved is _MISSING:
-                del module.forward
-            else:
-                module.forward = saved
-        if not calls:
-            raise MisconfigurationError(_one_call(name, "never called self(...)"))
-        return result
-
-    @contextlib.contextmanager
-    def _recording(self, logs: list):
-        """While the user's step runs on the last stage, its ``self.log`` calls are recorded in ``logs``
-        (name, value, options) to be sent to every stage, instead of logged here."""
-        trainer = self.module.trainer
-        results = getattr(trainer, "_results", None)
-        if results is None:
-            yield
-            return
-
-        def record(name, value, **options):
-            options["reduce_fx"] = _reduce_name(options["reduce_fx"], name)
-            logs.append((name, _as_tensor(value, name).detach(), options))
-
-        results.log = record
-        try:
-            yield
-        finally:
-            del results.log
+        accumulate = getattr(self.module.trainer, "accumulate_grad_batches", 1) or 1
+        return self._micro.loss(self.module, output, target, self.microbatches * accumulate)
 
     def _from_last(self, payload):
         """``payload`` (the step's result and its logs) from the last stage, on every stage of the pipeline."""
-        box = [_to_device(payload, torch.device("cpu")) if self.is_last else None]
+        box = [detached_to(payload, torch.device("cpu")) if self.is_last else None]
         dist.broadcast_object_list(box, src=self._last_src, group=self.pp_group, device=self._collective_device())
-        return payload if self.is_last else _to_device(box[0], self.root_device)
-
-    def _replay(self, logs: list) -> None:
-        """Log on this process what the user's step logged on the last stage (so rank 0, which writes the
-        loggers and the progress bar, ModelCheckpoint(monitor=...) and EarlyStopping see it on every rank)."""
-        results = getattr(self.module.trainer, "_results", None)
-        if results is None or not logs:
-            return
-        if self.dp > 1 and any(options["sync_dist"] for _, _, options in logs):
-            logs = self._reduce_over_replicas(logs, results.batch_size)
-        for name, value, options in logs:
-            # The stages of a replica hold the same values: a sync over every process would count each
-            # replica once per stage. sync_dist was honoured above, across the replicas only.
-            results.log(name, value, **dict(options, sync_dist=False))
-
-    def _reduce_over_replicas(self, logs: list, batch_size: int) -> list:
-        """The values logged with ``sync_dist=True`` reduced across the data-parallel replicas."""
-        synced = [k for k, (_, _, options) in enumerate(logs) if options["sync_dist"]]
-        device = self._collective_device()
-        tag = float(zlib.crc32("|".join(f"{logs[k][0]}:{logs[k][2]['reduce_fx']}" for k in synced).encode()))
-        tags = [torch.zeros(1, dtype=torch.float64, device=device) for _ in range(self.dp)]
-        dist.all_gather(tags, torch.tensor([tag], dtype=torch.float64, device=device), group=self.dp_group)
-        if any(float(t) != tag for t in tags):
-            raise SurgeError("self.log(..., sync_dist=True) in a step logged different names (or reduce_fx) on the "
-                             "pipeline replicas in the same step; log the same names in the same order on every "
-                             "replica, or drop sync_dist for rank-dependent keys")
-        rows = torch.tensor([[float(logs[k][1]), float(logs[k][2]["batch_size"] or batch_size)] for k in synced],
-                            dtype=torch.float64, device=device)
-        gathered = [torch.empty_like(rows) for _ in range(self.dp)]
-        dist.all_gather(gathered, rows, group=self.dp_group)
-        every = torch.stack(gathered)  # (replica, metric, [value, batch size])
-        out = list(logs)
-        for j, k in enumerate(synced):
-            name, value, options = logs[k]
-            v, w = every[:, j, 0], every[:, j, 1]
-            reduce = options["reduce_fx"]
-            reduced = (v * w).sum() / w.sum() if reduce == "mean" else getattr(v, reduce)()
-            out[k] = (name, reduced.to(device=value.device, dtype=value.dtype), options)
-        return out
+        return payload if self.is_last else detached_to(box[0], self.root_device)
 
     def _schedule(self, training: bool, inputs: torch.Tensor):
         """A schedule (and its PipelineStages) per mode and batch shape: torch's stages size their
@@ -476,110 +367,3 @@ class Pipeline(DDP):
         return (f"Pipeline(schedule={self.schedule}, stages={self.pp}x{self.virtual_stages}, dp={self.dp}, "
                 f"rank={self.global_rank}/{self.world_size})")
 
-
-# ---------------------------------------------------------------------- helpers of the step
-_MISSING = object()
-
-
-@dataclasses.dataclass
-class _MicroStep:
-    """One training batch on its way through a schedule: what the loss of each micro-batch needs, and what
-    it left (the losses and ``self.log`` calls of each micro-batch, by index)."""
-
-    batches: list              # the user's batch split into micro-batches (last stage only)
-    batch_idx: int
-    extra: tuple               # optimizer_idx, when training_step takes one
-    schedule: Any
-    losses: dict = dataclasses.field(default_factory=dict)
-    logs: dict = dataclasses.field(default_factory=dict)
-
-    def summary(self, microbatches: int) -> tuple:
-        """The batch's mean loss (``None`` if every micro-batch returned ``None``) and its merged logs."""
-        losses = [self.losses[i] for i in range(microbatches) if self.losses.get(i) is not None]
-        loss = torch.stack(losses).mean().float() if losses else None
-        return loss, _merge_logs([self.logs.get(i, []) for i in range(microbatches)])
-
-
-def split_batch(batch, size: int, parts: int) -> list:
-    """``batch`` as ``parts`` micro-batches: every tensor whose first dimension is ``size`` is split along it
-    (``torch.tensor_split``), through tuples, lists and dicts; anything else goes whole into each part."""
-    if isinstance(batch, torch.Tensor):
-        return list(torch.tensor_split(batch, parts)) if batch.dim() and batch.shape[0] == size else [batch] * parts
-    if isinstance(batch, (tuple, list)):
-        columns = [split_batch(item, size, parts) for item in batch]
-        rows = [[column[i] for column in columns] for i in range(parts)]
-        if hasattr(batch, "_fields"):  # a namedtuple
-            return [type(batch)(*row) for row in rows]
-        return [type(batch)(row) for row in rows]
-    if isinstance(batch, Mapping):
-        columns = {k: split_batch(v, size, parts) for k, v in batch.items()}
-        return [{k: column[i] for k, column in columns.items()} for i in range(parts)]
-    return [batch] * parts
-
-
-def _merge_logs(per_micro: list) -> list:
-    """One value per name for the whole batch, in the order the names were first logged: the micro-batches'
-    values reduced by their ``reduce_fx`` ("mean" weighted by ``batch_size`` when the step passed one)."""
-    merged: dict = {}
-    for logs in per_micro:
-        for name, value, options in logs:
-            merged.setdefault(name, (options, []))[1].append((value, options["batch_size"]))
-    out = []
-    for name, (options, entries) in merged.items():
-        values = torch.stack([v.to(torch.float64) for v, _ in entries])
-        sizes = [b for _, b in entries]
-        if options["reduce_fx"] == "mean":
-            weights = torch.tensor([1.0 if b is None else float(b) for b in sizes], dtype=torch.float64,
-                                   device=values.device)
-            value = (values * weights).sum() / weights.sum()
-        else:
-            value = getattr(values, options["reduce_fx"])()
-        batch_size = sum(sizes) if all(b is not None for b in sizes) else None
-        out.append((name, value.to(entries[0][0].dtype), dict(options, batch_size=batch_size)))
-    return out
-
-
-def _shapes_known(schedule) -> bool:
-    """False while torch infers a new schedule's shapes (it runs the loss once on placeholder activations)."""
-    for flag in ("_stage_backward_initialized", "_stages_backward_initialized"):
-        if hasattr(schedule, flag):
-            return bool(getattr(schedule, flag))
-    return True
-
-
-def _zero_loss(output) -> torch.Tensor:
-    """A loss whose gradient is zero but that still depends on ``output`` (so backward has a path)."""
-    tensors = output if isinstance(output, (tuple, list)) else [output]
-    return sum(t.sum() * 0.0 for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point())
-
-
-def _loss_of(result) -> Optional[torch.Tensor]:
-    if result is None:
-        return None
-    loss = result.get("loss") if isinstance(result, Mapping) else result
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        if isinstance(result, Mapping):
-            what = f"a dict without a 'loss' tensor (keys: {sorted(result)})"
-        else:
-            what = f"a tensor of shape {tuple(result.shape)}" if isinstance(result, torch.Tensor) else type(result).__name__
-        raise SurgeError(f"training_step must return a scalar loss tensor, a dict with 'loss', or None; got {what}")
-    return loss.reshape(())
-
-
-def _one_call(step: str, what: str) -> str:
-    return (f"under strategy='pipeline', {step} must compute the model's output with one call self(inputs): this "
-            f"process holds only its stage of the model, and self(...) there returns the last stage's output; "
-            f"{step} {what}. Call self(x) exactly once, not a submodule (self.model(x), self.blocks[0](h)), and "
-            f"define pipeline_inputs(self, batch) if x is not batch[0]")
-
-
-def _to_device(obj, device: torch.device):
-    """``obj`` with every tensor in it detached and on ``device`` (through tuples, lists and dicts)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to(device)
-    if isinstance(obj, (tuple, list)):
-        items = [_to_device(o, device) for o in obj]
-        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    return obj

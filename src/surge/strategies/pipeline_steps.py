@@ -1,0 +1,250 @@
+"""How the user's steps run under :class:`~surge.strategies.pipeline.Pipeline`, on the last stage.
+
+A pipeline process holds only its stage of the model, so the user's ``training_step`` cannot run the
+model itself. Instead the schedule runs the stages, and the step runs on the last stage with ``self(...)``
+answering that stage's output (:func:`call_step`). In training that happens once per micro-batch, inside
+the schedule's loss (:meth:`MicroStep.loss`), on the micro-batch :func:`split_batch` cut from the batch.
+
+What the step passes to ``self.log`` is recorded there (:func:`recording`) rather than logged, merged
+over the micro-batches of a batch by each value's ``reduce_fx`` (:func:`merge_logs`), sent to every stage
+by the strategy, and logged on each (:func:`replay_logs`), so rank 0, which holds the first stage and
+writes the loggers, sees the metrics too.
+
+Nothing here imports ``torch.distributed.pipelining``: this module loads with the strategy.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import zlib
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+from ..results import _as_tensor, _reduce_name
+from ..utils import MisconfigurationError, SurgeError
+
+_MISSING = object()
+
+
+@dataclasses.dataclass
+class MicroStep:
+    """One training batch on its way through a schedule: what the loss of each micro-batch needs, and what
+    it left (the losses and ``self.log`` calls of each micro-batch, by index)."""
+
+    batches: list              # the user's batch split into micro-batches (last stage only)
+    batch_idx: int
+    extra: tuple               # optimizer_idx, when training_step takes one
+    schedule: Any
+    losses: dict = dataclasses.field(default_factory=dict)
+    logs: dict = dataclasses.field(default_factory=dict)
+
+    def loss(self, module: torch.nn.Module, output, target: torch.Tensor, divisor: int) -> torch.Tensor:
+        """``module.training_step`` on micro-batch ``target`` (its index) with ``self(...)`` returning
+        ``output``; its loss divided by ``divisor``, the loss that the schedule's backward takes."""
+        if not _shapes_known(self.schedule):
+            # torch infers a new schedule's shapes with one forward and backward on placeholder activations:
+            # any loss with a gradient will do there, and the user's step must not see placeholder data.
+            return _zero_loss(output)
+        i = int(target.reshape(-1)[0])
+        logs = self.logs[i] = []
+        with recording(module, logs):
+            result = call_step(module, "training", output, self.batches[i], self.batch_idx, self.extra)
+        loss = _loss_of(result)
+        self.losses[i] = None if loss is None else loss.detach()
+        if loss is None:  # this micro-batch adds no gradient
+            return _zero_loss(output)
+        return loss / divisor
+
+    def summary(self, microbatches: int) -> tuple:
+        """The batch's mean loss (``None`` if every micro-batch returned ``None``) and its merged logs."""
+        losses = [self.losses[i] for i in range(microbatches) if self.losses.get(i) is not None]
+        loss = torch.stack(losses).mean().float() if losses else None
+        return loss, merge_logs([self.logs.get(i, []) for i in range(microbatches)])
+
+
+def call_step(module: torch.nn.Module, stage: str, output, batch, batch_idx: int, extra: tuple):
+    """``module.{stage}_step(batch, batch_idx, *extra)`` with ``self(...)`` returning ``output``: the step
+    must call ``self(...)`` exactly once, on as many samples as ``output`` holds."""
+    name = f"{stage}_step"
+    calls = []
+
+    def forward(*args, **kwargs):
+        calls.append(None)
+        if len(calls) > 1:
+            raise MisconfigurationError(_one_call(name, "called self(...) a second time"))
+        first = args[0] if args else None
+        if isinstance(first, torch.Tensor) and isinstance(output, torch.Tensor) and first.dim() \
+                and first.shape[0] != output.shape[0]:
+            raise MisconfigurationError(_one_call(name, f"called self(...) on {first.shape[0]} samples, but the "
+                                                        f"pipeline ran the model on {output.shape[0]}"))
+        return output
+
+    saved = module.__dict__.get("forward", _MISSING)
+    module.forward = forward  # an instance attribute: nn.Module.__call__ runs it, hooks included
+    try:
+        result = getattr(module, name)(batch, batch_idx, *extra)
+    except SurgeError:
+        raise
+    except Exception as err:
+        if not calls:  # most likely a submodule called directly: this process lacks the other stages
+            raise MisconfigurationError(_one_call(name, f"raised {type(err).__name__} before calling self(...): "
+                                                        f"{err}")) from err
+        raise
+    finally:
+        if saved is _MISSING:
+            del module.forward
+        else:
+            module.forward = saved
+    if not calls:
+        raise MisconfigurationError(_one_call(name, "never called self(...)"))
+    return result
+
+
+@contextlib.contextmanager
+def recording(module: torch.nn.Module, logs: list):
+    """While the user's step runs on the last stage, its ``self.log`` calls are recorded in ``logs``
+    (name, value, options) to be sent to every stage, instead of logged here."""
+    results = getattr(module.trainer, "_results", None)
+    if results is None:
+        yield
+        return
+
+    def record(name, value, **options):
+        options["reduce_fx"] = _reduce_name(options["reduce_fx"], name)
+        logs.append((name, _as_tensor(value, name).detach(), options))
+
+    results.log = record
+    try:
+        yield
+    finally:
+        del results.log
+
+
+def replay_logs(module: torch.nn.Module, logs: list, replicas: int = 1, group=None,
+                device: Optional[torch.device] = None) -> None:
+    """Log on this process what the user's step logged on the last stage (so rank 0, which writes the
+    loggers and the progress bar, ModelCheckpoint(monitor=...) and EarlyStopping see it on every rank).
+    ``group`` holds the ``replicas`` data-parallel copies of this stage, across which ``sync_dist`` reduces
+    (on ``device``)."""
+    results = getattr(module.trainer, "_results", None)
+    if results is None or not logs:
+        return
+    if replicas > 1 and any(options["sync_dist"] for _, _, options in logs):
+        logs = _reduce_over_replicas(logs, results.batch_size, replicas, group, device)
+    for name, value, options in logs:
+        # The stages of a replica hold the same values: a sync over every process would count each
+        # replica once per stage. sync_dist was honoured above, across the replicas only.
+        results.log(name, value, **dict(options, sync_dist=False))
+
+
+def _reduce_over_replicas(logs: list, batch_size: int, replicas: int, group, device: torch.device) -> list:
+    """The values logged with ``sync_dist=True`` reduced across the data-parallel replicas."""
+    synced = [k for k, (_, _, options) in enumerate(logs) if options["sync_dist"]]
+    tag = float(zlib.crc32("|".join(f"{logs[k][0]}:{logs[k][2]['reduce_fx']}" for k in synced).encode()))
+    tags = [torch.zeros(1, dtype=torch.float64, device=device) for _ in range(replicas)]
+    dist.all_gather(tags, torch.tensor([tag], dtype=torch.float64, device=device), group=group)
+    if any(float(t) != tag for t in tags):
+        raise SurgeError("self.log(..., sync_dist=True) in a step logged different names (or reduce_fx) on the "
+                         "pipeline replicas in the same step; log the same names in the same order on every "
+                         "replica, or drop sync_dist for rank-dependent keys")
+    rows = torch.tensor([[float(logs[k][1]), float(logs[k][2]["batch_size"] or batch_size)] for k in synced],
+                        dtype=torch.float64, device=device)
+    gathered = [torch.empty_like(rows) for _ in range(replicas)]
+    dist.all_gather(gathered, rows, group=group)
+    every = torch.stack(gathered)  # (replica, metric, [value, batch size])
+    out = list(logs)
+    for j, k in enumerate(synced):
+        name, value, options = logs[k]
+        v, w = every[:, j, 0], every[:, j, 1]
+        reduce = options["reduce_fx"]
+        reduced = (v * w).sum() / w.sum() if reduce == "mean" else getattr(v, reduce)()
+        out[k] = (name, reduced.to(device=value.device, dtype=value.dtype), options)
+    return out
+
+
+def split_batch(batch, size: int, parts: int) -> list:
+    """``batch`` as ``parts`` micro-batches: every tensor whose first dimension is ``size`` is split along it
+    (``torch.tensor_split``), through tuples, lists and dicts; anything else goes whole into each part."""
+    if isinstance(batch, torch.Tensor):
+        return list(torch.tensor_split(batch, parts)) if batch.dim() and batch.shape[0] == size else [batch] * parts
+    if isinstance(batch, (tuple, list)):
+        columns = [split_batch(item, size, parts) for item in batch]
+        rows = [[column[i] for column in columns] for i in range(parts)]
+        if hasattr(batch, "_fields"):  # a namedtuple
+            return [type(batch)(*row) for row in rows]
+        return [type(batch)(row) for row in rows]
+    if isinstance(batch, Mapping):
+        columns = {k: split_batch(v, size, parts) for k, v in batch.items()}
+        return [{k: column[i] for k, column in columns.items()} for i in range(parts)]
+    return [batch] * parts
+
+
+def merge_logs(per_micro: list) -> list:
+    """One value per name for the whole batch, in the order the names were first logged: the micro-batches'
+    values reduced by their ``reduce_fx`` ("mean" weighted by ``batch_size`` when the step passed one)."""
+    merged: dict = {}
+    for logs in per_micro:
+        for name, value, options in logs:
+            merged.setdefault(name, (options, []))[1].append((value, options["batch_size"]))
+    out = []
+    for name, (options, entries) in merged.items():
+        values = torch.stack([v.to(torch.float64) for v, _ in entries])
+        sizes = [b for _, b in entries]
+        if options["reduce_fx"] == "mean":
+            weights = torch.tensor([1.0 if b is None else float(b) for b in sizes], dtype=torch.float64,
+                                   device=values.device)
+            value = (values * weights).sum() / weights.sum()
+        else:
+            value = getattr(values, options["reduce_fx"])()
+        batch_size = sum(sizes) if all(b is not None for b in sizes) else None
+        out.append((name, value.to(entries[0][0].dtype), dict(options, batch_size=batch_size)))
+    return out
+
+
+def detached_to(obj, device: torch.device):
+    """``obj`` with every tensor in it detached and on ``device`` (through tuples, lists and dicts)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to(device)
+    if isinstance(obj, (tuple, list)):
+        items = [detached_to(o, device) for o in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
+    if isinstance(obj, dict):
+        return {k: detached_to(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _shapes_known(schedule) -> bool:
+    """False while torch infers a new schedule's shapes (it runs the loss once on placeholder activations)."""
+    for flag in ("_stage_backward_initialized", "_stages_backward_initialized"):
+        if hasattr(schedule, flag):
+            return bool(getattr(schedule, flag))
+    return True
+
+
+def _zero_loss(output) -> torch.Tensor:
+    """A loss whose gradient is zero but that still depends on ``output`` (so backward has a path)."""
+    tensors = output if isinstance(output, (tuple, list)) else [output]
+    return sum(t.sum() * 0.0 for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point())
+
+
+def _loss_of(result) -> Optional[torch.Tensor]:
+    if result is None:
+        return None
+    loss = result.get("loss") if isinstance(result, Mapping) else result
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        if isinstance(result, Mapping):
+            what = f"a dict without a 'loss' tensor (keys: {sorted(result)})"
+        else:
+            what = f"a tensor of shape {tuple(result.shape)}" if isinstance(result, torch.Tensor) else type(result).__name__
+        raise SurgeError(f"training_step must return a scalar loss tensor, a dict with 'loss', or None; got {what}")
+    return loss.reshape(())
+
+
+def _one_call(step: str, what: str) -> str:
+    return (f"under strategy='pipeline', {step} must compute the model's output with one call self(inputs): this "
+            f"process holds only its stage of the model, and self(...) there returns the last stage's output; "
+            f"{step} {what}. Call self(x) exactly once, not a submodule (self.model(x), self.blocks[0](h)), and "
+            f"define pipeline_inputs(self, batch) if x is not batch[0]")
