@@ -53,7 +53,9 @@ class Grab(surge.Callback):
 
     def on_before_optimizer_step(self, trainer, module, optimizer):
         if trainer.global_step == 0:
-            torch.save({n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None},
+            # (fsdp: full_tensor() gathers a shard whole, on every rank of its replica group in the same order)
+            torch.save({n: getattr(p.grad, "full_tensor", p.grad.clone)() for n, p in module.named_parameters()
+                        if p.grad is not None},
                        f"{self.out}/grads{trainer.global_rank}.pt")
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
@@ -77,7 +79,8 @@ class SGDGPT(GPTModule):
 
 def trainer_for(c, max_steps, callbacks=(), logger=False, checkpointing=False):
     strategy = "auto" if c["schedule"] == "single" else Pipeline(
-        stages=c["stages"] or None, schedule=c["schedule"], microbatches=c["micro"], virtual_stages=c["virtual"])
+        stages=c["stages"] or None, schedule=c["schedule"], microbatches=c["micro"], virtual_stages=c["virtual"],
+        data_parallel=c["dp"])
     return surge.Trainer(strategy=strategy, accelerator="cpu", devices=c["devices"], max_steps=max_steps,
                          logger=logger, enable_checkpointing=checkpointing, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=list(callbacks), gradient_clip_val=0.5,
@@ -96,7 +99,10 @@ def run(c, out):
         trainer.fit(model, loader(c))
         trainer.save_checkpoint(f"{out}/final.ckpt")
         result = {"losses": grab.losses, "metric": float(trainer.callback_metrics["train_loss"]),
-                  "mine": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("my_")}}
+                  "mine": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("my_")},
+                  # this rank's share of its stage's parameters (fsdp: the local shards)
+                  "numel": [sum(getattr(p, "to_local", lambda: p)().numel() for p in model.parameters()),
+                            sum(p.numel() for p in model.parameters())]}
     elif c["mode"] == "resume":
         # Uninterrupted, with a checkpoint in the middle of the epoch (chosen by a metric the user logs) ...
         middle = (steps + 1) // 2  # the only multiple of every_n_train_steps up to `steps` (an odd number)
@@ -136,9 +142,10 @@ CASES = [("GPipe", 2, 1), ("1F1B", 2, 1), ("Interleaved1F1B", 2, 2), ("Interleav
 TWO_STAGE = [c for c in CASES if c[0] in schedule_names()]
 
 
-def config(name, devices, schedule, stages=0, virtual=1, micro=4, steps=STEPS, batch=8, mode="fit", ckpt=None):
+def config(name, devices, schedule, stages=0, virtual=1, micro=4, steps=STEPS, batch=8, mode="fit", ckpt=None,
+           dp="replicate"):
     return dict(name=name, devices=devices, schedule=schedule, stages=stages, virtual=virtual, micro=micro,
-                steps=steps, batch=batch, mode=mode, ckpt=ckpt)
+                steps=steps, batch=batch, mode=mode, ckpt=ckpt, dp=dp)
 
 
 @dataclasses.dataclass
@@ -212,8 +219,11 @@ def two_processes(tmp_path_factory, single):
 
 @pytest.fixture(scope="module")
 def four_processes(tmp_path_factory):
-    """Both 4-process configurations in one launch: 4 stages, and 2 stages x 2 replicas."""
-    configs = [config("four", 4, "1F1B"), config("2x2", 4, "1F1B", stages=2, steps=4, batch=8)]
+    """Every 4-process configuration in one launch: 4 stages; 2 stages x 2 replicas, replicated and sharded
+    (fsdp), the sharded one also resumed from a mid-epoch checkpoint."""
+    configs = [config("four", 4, "1F1B"), config("2x2", 4, "1F1B", stages=2, steps=4, batch=8),
+               config("2x2fsdp", 4, "1F1B", stages=2, steps=4, batch=8, dp="fsdp"),
+               config("2x2fsdp_resume", 4, "1F1B", stages=2, steps=5, batch=8, dp="fsdp", mode="resume")]
     return launch(tmp_path_factory.mktemp("four_processes"), configs, timeout=540)
 
 
@@ -277,9 +287,10 @@ def test_four_stage_pipeline_matches_single_device(four_processes, single):
     assert_same_as_single(out, single.out("single"), range(4))
 
 
-def test_two_by_two_trains_gpt_like_one_device_on_the_global_batch(four_processes, single):
+@pytest.mark.parametrize("name", ["2x2", "2x2fsdp"])
+def test_two_by_two_trains_gpt_like_one_device_on_the_global_batch(four_processes, single, name):
     # 2 stages x 2 replicas, 8 samples per replica == one device on batches of 16.
-    out, ref = four_processes.out("2x2", range(4)), single.out("ref")
+    out, ref = four_processes.out(name, range(4)), single.out("ref")
     # Each replica reports the loss of its own half (ranks 0-1 are replica 0, ranks 2-3 replica 1).
     halves = zip(result(out, 0)["losses"], result(out, 2)["losses"])
     assert [(a + b) / 2 for a, b in halves] == pytest.approx(result(ref)["losses"], abs=1e-5)
@@ -289,6 +300,23 @@ def test_two_by_two_trains_gpt_like_one_device_on_the_global_batch(four_processe
     w, w_ref = weights(out), weights(ref)
     for name in w_ref:
         torch.testing.assert_close(w[name], w_ref[name], atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_fsdp_inside_a_stage_shards_it_and_checkpoints_whole(four_processes):
+    out = four_processes.out("2x2fsdp", range(4))
+    for r in range(4):  # each replica of a stage holds about half of that stage's parameters
+        shard, stage = result(out, r)["numel"]
+        assert stage / 2 <= shard <= stage / 2 + 64, (r, shard, stage)
+    # rank 0's checkpoint holds the whole model in plain tensors: it loads into a single-device module
+    w = weights(out)
+    assert all(type(v) is torch.Tensor for v in w.values())
+    torch.manual_seed(0)
+    model = GPTModule(GPTConfig.tiny(n_layer=4))
+    model.load_state_dict(w)
+    # and its optimizer state (momentum per stage, gathered whole) resumes the run exactly enough
+    res = result(four_processes.out("2x2fsdp_resume", range(4)))
+    assert res["middle"] == 3 and len(res["losses"]) == 5
+    assert res["resumed"] == pytest.approx(res["losses"][3:], abs=1e-6)
 
 
 def test_checkpoints_move_between_single_device_and_pipeline(two_processes, single):
@@ -394,6 +422,9 @@ def test_bad_arguments_are_clear_errors():
         Pipeline(microbatches=0)
     with pytest.raises(MisconfigurationError, match="one stage per process"):
         Pipeline(schedule="1F1B", virtual_stages=2)
+    with pytest.raises(MisconfigurationError, match=r"Pipeline\(data_parallel='zero'\) is not known; choose "
+                                                    r"'replicate' or 'fsdp'"):
+        Pipeline(data_parallel="zero")
 
 
 def test_model_parallel_in_one_process_matches_single_device():

@@ -20,7 +20,8 @@ tensor); a module with another batch layout defines ``pipeline_inputs(batch) -> 
 
 With more processes than stages, ``Pipeline(stages=p)`` on ``p * d`` processes builds a DeviceMesh
 ``(dp=d, pp=p)``: each pipeline replica trains on its share of the data and the gradients are averaged
-across replicas before the optimizer step.
+across replicas before the optimizer step. With ``data_parallel="fsdp"`` the replicas of a stage shard it
+instead (``fully_shard`` over the ``dp`` sub-mesh, see :mod:`surge.strategies.pipeline_fsdp`).
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ import torch.distributed as dist
 from ..utils import MisconfigurationError
 from .ddp import DDP
 from .model_parallel import StageModule, find_body, keep_only, plan_split
+from .pipeline_fsdp import (DATA_PARALLEL, full_optimizer_state, full_state, like, local, shard_optimizer_state,
+                            shard_stages)
 from .pipeline_steps import MicroStep, call_step, detached_to, recording, replay_logs, split_batch
 from .strategy import Strategy, register
 
@@ -81,6 +84,9 @@ class Pipeline(DDP):
             (those the installed torch has; see :func:`schedule_names`).
         microbatches: micro-batches per batch; the batch size must be a multiple of it.
         virtual_stages: stages per process (Interleaved1F1B and the zero-bubble schedules; 2 for ZBV).
+        data_parallel: how the replicas of a stage (``world_size / stages`` > 1) share it: "replicate" (each
+            holds the whole stage; gradients all-reduced) or "fsdp" (each holds 1/dp of the stage's
+            parameters, gradients and optimizer state; ``fully_shard`` over the ``dp`` mesh dimension).
         timeout, process_group_backend: as for :class:`~surge.strategies.ddp.DDP`.
     """
 
@@ -88,8 +94,8 @@ class Pipeline(DDP):
     owns_backward = True
 
     def __init__(self, stages: Optional[int] = None, split_points: Optional[list] = None, schedule: str = "1F1B",
-                 microbatches: int = 4, virtual_stages: int = 1, timeout: timedelta = timedelta(minutes=30),
-                 process_group_backend: Optional[str] = None) -> None:
+                 microbatches: int = 4, virtual_stages: int = 1, data_parallel: str = "replicate",
+                 timeout: timedelta = timedelta(minutes=30), process_group_backend: Optional[str] = None) -> None:
         super().__init__(timeout=timeout, process_group_backend=process_group_backend)
         available = schedule_names()
         if schedule not in available:
@@ -108,7 +114,11 @@ class Pipeline(DDP):
         if split_points is not None and not (isinstance(split_points, (list, tuple))
                                              and all(isinstance(s, str) for s in split_points)):
             raise MisconfigurationError(f"Pipeline(split_points=...) must be a list of block names, got {split_points!r}")
+        if data_parallel not in DATA_PARALLEL:
+            raise MisconfigurationError(f"Pipeline(data_parallel={data_parallel!r}) is not known; choose "
+                                        f"{' or '.join(map(repr, DATA_PARALLEL))}")
         self.stages, self.split_points, self.schedule = stages, split_points, schedule
+        self.data_parallel = data_parallel
         self.microbatches, self.virtual_stages = microbatches, virtual_stages
         self.pp, self.dp, self.pp_rank, self.dp_rank = 1, 1, 0, 0
         self.mesh = self.pp_group = self.dp_group = None
@@ -156,6 +166,8 @@ class Pipeline(DDP):
         self._last_src = dist.get_global_rank(self.pp_group, mapping[total - 1])
         keep_only(body, ranges, self._local)  # before the move: the other stages never reach the device
         Strategy.setup_module(self, module)
+        if self.data_parallel == "fsdp":  # after the move: each rank keeps its shards on its device
+            shard_stages(self._stage_modules, self.mesh["dp"])
         self._split_of = module
         self._schedules.clear()
 
@@ -205,8 +217,8 @@ class Pipeline(DDP):
                     with recording(self.module, logs):
                         payload = call_step(self.module, stage, output, batch, batch_idx, extra), logs
         result, logs = self._from_last(payload)
-        if training and self._sync and self.dp > 1:
-            self._average_gradients()
+        if training and self._sync and self.dp > 1 and self.data_parallel == "replicate":
+            self._average_gradients()  # (fsdp: the schedule's last backward reduce-scattered them)
         device = self._collective_device() if self.dp > 1 else None  # only a sync across replicas needs one
         replay_logs(self.module, logs, self.dp, self.dp_group, device)
         return result
@@ -265,6 +277,8 @@ class Pipeline(DDP):
         return self._schedules[key]
 
     def no_backward_sync(self, active: bool):
+        # fsdp: torch's schedule reduce-scatters at the end of every batch whatever this says; FSDP adds
+        # the reduced shards of the window's batches up, so accumulation is right, only not cheaper.
         @contextlib.contextmanager
         def window():
             self._sync = not active
@@ -292,19 +306,22 @@ class Pipeline(DDP):
         raise RuntimeError("strategy='pipeline' runs backward inside its schedule; manual_backward is not supported")
 
     def clip_gradients(self, optimizer, value: float, algorithm: str) -> None:
-        """Clip by value locally, or by the global norm over every stage (sum of squares all-reduced)."""
+        """Clip by value locally, or by the global norm over every stage (sum of squares all-reduced):
+        over the pipeline's stages when replicas hold the same (averaged) gradients, over every rank when
+        each replica holds a shard of them (fsdp: every element lives on exactly one rank of its stage)."""
         self.precision.unscale(optimizer)
-        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        grads = [local(p.grad).detach() for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if algorithm != "norm":
-            torch.nn.utils.clip_grad_value_(params, value)
+            for grad in grads:
+                grad.clamp_(-value, value)
             return
         squares = torch.zeros((), device=self.root_device, dtype=torch.float32)
-        for p in params:
-            squares += p.grad.detach().float().pow(2).sum()
-        dist.all_reduce(squares, group=self.pp_group)  # replicas hold the same (averaged) gradients
+        for grad in grads:
+            squares += grad.float().pow(2).sum()
+        dist.all_reduce(squares, group=self.pp_group if self.data_parallel == "replicate" else None)
         coef = torch.clamp(value / (squares.sqrt() + 1e-6), max=1.0)
-        for p in params:
-            p.grad.detach().mul_(coef.to(p.grad.dtype))
+        for grad in grads:
+            grad.mul_(coef.to(grad.dtype))
 
     # ------------------------------------------------------------------ data
     def process_dataloader(self, loader, stage: str):
@@ -326,8 +343,12 @@ class Pipeline(DDP):
 
     # ------------------------------------------------------------------ checkpoints
     def module_state_dict(self) -> dict:
-        """The whole model's state dict on rank 0 (the stages of replica 0 merged; original key names)."""
-        own = {k: v.detach().cpu() for k, v in self.module.state_dict().items()} if self.dp_rank == 0 else {}
+        """The whole model's state dict on rank 0 (the stages of replica 0 merged; original key names;
+        plain tensors: fsdp shards are gathered whole within each stage's dp group first)."""
+        state = self.module.state_dict()
+        if self.data_parallel == "fsdp":
+            state = full_state(state)  # a collective: every rank of the dp group, the same keys in order
+        own = {k: v.detach().cpu() for k, v in state.items()} if self.dp_rank == 0 else {}
         everyone = [None] * self.world_size if self.is_global_zero else None
         dist.gather_object(own, everyone, dst=0)
         if not self.is_global_zero:
@@ -339,7 +360,10 @@ class Pipeline(DDP):
 
     def optimizer_state_dict(self, optimizer) -> dict:
         """On rank 0: every stage's optimizer state, by pipeline rank (a resume needs the same stages)."""
-        own = optimizer.state_dict() if self.dp_rank == 0 else None
+        state = optimizer.state_dict()
+        if self.data_parallel == "fsdp":
+            state = full_optimizer_state(state)  # a collective, as in module_state_dict
+        own = state if self.dp_rank == 0 else None
         everyone = [None] * self.world_size if self.is_global_zero else None
         dist.gather_object(own, everyone, dst=0)
         if not self.is_global_zero:
@@ -351,7 +375,8 @@ class Pipeline(DDP):
         from ..checkpoint import load_module_state
 
         own = self.module.state_dict()
-        load_module_state(self.module, {k: v for k, v in state_dict.items() if k in own}, strict=strict, path=path)
+        part = {k: like(v, own[k]) for k, v in state_dict.items() if k in own}  # fsdp: this rank's slices
+        load_module_state(self.module, part, strict=strict, path=path)
 
     def load_optimizer_state_dict(self, optimizer, state: dict) -> None:
         from ..checkpoint import CheckpointError
@@ -362,8 +387,10 @@ class Pipeline(DDP):
                                   f"x {self.virtual_stages} virtual stages; resume with the same layout, or load the "
                                   f"weights only (trainer.validate/test, or a module's load_state_dict)")
         optimizer.load_state_dict(stages[self.pp_rank])
+        if self.data_parallel == "fsdp":
+            shard_optimizer_state(optimizer)
 
     def __repr__(self) -> str:
-        return (f"Pipeline(schedule={self.schedule}, stages={self.pp}x{self.virtual_stages}, dp={self.dp}, "
-                f"rank={self.global_rank}/{self.world_size})")
+        return (f"Pipeline(schedule={self.schedule}, stages={self.pp}x{self.virtual_stages}, dp={self.dp} "
+                f"({self.data_parallel}), rank={self.global_rank}/{self.world_size})")
 
