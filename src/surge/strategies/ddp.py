@@ -22,6 +22,7 @@ from .collectives import NamedCollectives
 from .strategy import Strategy, register
 
 _EXIT_BARRIER_TIMEOUT = timedelta(seconds=30)
+_START_TIMEOUT = timedelta(minutes=2)
 _OPS = {"sum": dist.ReduceOp.SUM, "mean": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 
 
@@ -130,9 +131,15 @@ class DDP(NamedCollectives, Strategy):
             raise MisconfigurationError("strategy='ddp' needs MASTER_PORT in the environment (the launcher sets it)")
         backend = self.process_group_backend or ("nccl" if self.root_device.type == "cuda" else "gloo")
         kwargs = {"device_id": self.root_device} if backend == "nccl" else {}
+        # Starting takes as long as the slowest rank's imports (seconds on a loaded machine, more after a
+        # torchrun restart): the rendezvous and the first connections get at least _START_TIMEOUT, and the
+        # collectives then run under the user's timeout. (A rank that dies while starting is reported by
+        # the launcher or torchrun, which stop the others.)
+        set_timeout = getattr(dist.distributed_c10d, "_set_pg_timeout", None)
+        start_timeout = max(self.timeout, _START_TIMEOUT) if set_timeout is not None else self.timeout
         try:
             dist.init_process_group(backend, init_method="env://", rank=c.global_rank, world_size=c.world_size,
-                                    timeout=self.timeout, **kwargs)
+                                    timeout=start_timeout, **kwargs)
         except dist.DistNetworkError as err:
             if "EADDRINUSE" not in str(err) and "already in use" not in str(err):
                 raise
@@ -141,6 +148,8 @@ class DDP(NamedCollectives, Strategy):
                 f"leftover process of one), so rank {c.global_rank} cannot host the rendezvous there: pick another "
                 f"port, or unset MASTER_PORT and surge picks a free one"
             ) from err
+        if start_timeout != self.timeout:
+            set_timeout(self.timeout)
         self._owns_group = True
         # Destroyed when the process ends, not per stage: fit() then test() share one group, and
         # re-creating it would need a fresh rendezvous port.
