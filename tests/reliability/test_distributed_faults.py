@@ -239,10 +239,11 @@ def test_a_hanging_rank_is_named_and_torchrun_restarts_and_resumes_the_job(tmp_p
     assert "rank 0 of 2: the gradient synchronisation in backward failed: it did not complete within the " \
            "process-group timeout (10 s" in proc.stderr, proc.stderr[-4000:]
     assert "Rank(s) [1] did not answer" in proc.stderr
-    # torchrun stopped the stuck rank and started both again; they resumed from last.ckpt (step 4). (More
-    # than one restart: a restarted gloo pair now and then fails to connect, see docs/reliability.md.)
+    # torchrun stopped the stuck rank and started both again; they resumed from last.ckpt (step 4) at the
+    # first restart (each attempt rendezvouses under its own store prefix: no address of the dead attempt
+    # is read back, which failed or hung restarted pairs before)
     final = torch.load(tmp_path / "final.pt")
-    assert final["step"] == 8 and final["restart"] >= 1 and final["resumed_from"].endswith("last.ckpt")
+    assert final["step"] == 8 and final["restart"] == 1 and final["resumed_from"].endswith("last.ckpt")
 
 
 # ---------------------------------------------------------------------- soak: SIGKILLs under torchrun
