@@ -190,11 +190,16 @@ def _assert_close(a, b, tol=1e-5):
 
 @pytest.fixture(scope="module")
 def four_ranks(tmp_path_factory):
-    """Both 4-process runs: 10 steps saved as a sharded checkpoint ("half.ckpt", resumed on 2 and 1
-    processes by the launches below), and HSDP on a 2 x 2 mesh."""
+    """Every 4-process run: 10 steps saved as a sharded checkpoint ("half.ckpt", resumed on 2 and 1
+    processes by the launches below), HSDP on a 2 x 2 mesh, then (last: a failure ends the launch) HSDP
+    with a ModelCheckpoint every 5 steps and an HSDP resume from its step-15 checkpoint."""
     root = tmp_path_factory.mktemp("four_ranks")
+    hsdp_mc = root / "hsdp_ckpt" / "mc"
     return launch(root, [config("fsdp4_half", 4, steps=10, save=str(root / "half.ckpt")),
-                         config("hsdp_2x2", 4, hsdp=[2, 2])], timeout=240)
+                         config("hsdp_2x2", 4, hsdp=[2, 2]),
+                         config("hsdp_ckpt", 4, hsdp=[2, 2], ckpt_dir=str(hsdp_mc)),
+                         config("hsdp_resume", 4, hsdp=[2, 2], resume=str(hsdp_mc / "epoch=0-step=15.ckpt"))],
+                  timeout=240)
 
 
 @pytest.fixture(scope="module")
@@ -319,6 +324,25 @@ def test_hsdp_four_ranks_match_one_process(one_process, four_ranks):
     assert hsdp["step"] == 20
     _assert_close(single["weights"], hsdp["weights"])
     assert hsdp["losses"] == pytest.approx(single["losses"], abs=1e-5)
+
+
+def test_hsdp_checkpoint_resumes_with_uninterrupted_losses(four_ranks):
+    """HSDP (2 x 2) saving a sharded checkpoint mid-fit (ModelCheckpoint every 5 steps) leaves training
+    unchanged, and an HSDP run resumed from the step-15 checkpoint continues with the losses of the
+    run that was never interrupted and ends with its weights."""
+    full = four_ranks.result("hsdp_2x2")
+    mc = four_ranks.root / "hsdp_ckpt" / "mc"
+    run = four_ranks.result("hsdp_ckpt")
+    assert run["losses"] == full["losses"]
+    _assert_close(full["weights"], run["weights"], tol=0)
+    assert sorted(os.listdir(mc)) == ["epoch=0-step=15.ckpt", "epoch=0-step=20.ckpt", "last.ckpt"]
+    for name in os.listdir(mc):
+        parts = {".metadata", "surge_meta.pt"} | {f"__{rank}_0.distcp" for rank in range(4)}
+        assert parts <= set(os.listdir(mc / name)), name
+    resumed = four_ranks.result("hsdp_resume")
+    assert resumed["step"] == 20
+    assert resumed["losses"] == pytest.approx(full["losses"][15:], abs=1e-5)
+    _assert_close(full["weights"], resumed["weights"])
 
 
 def test_async_save_resumes_like_sync(two_ranks):
