@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import types
+from datetime import timedelta
 from typing import Optional
 
 from .utils import MisconfigurationError
@@ -56,6 +57,25 @@ class ClusterEnvironment:
     @property
     def creates_processes_externally(self) -> bool:
         return self.kind != "local"
+
+
+def attempt_store(cluster: ClusterEnvironment, timeout: timedelta):
+    """Under torchrun with restarts: the rendezvous store, its keys prefixed by the restart count.
+
+    torchrun keeps one store for every attempt, and the process group's keys (where each rank listens)
+    are the same in each: a restarted rank could read the address of a rank of the attempt before,
+    long gone ("Connection refused"), and an attempt could fail or hang. ``None`` elsewhere (env://).
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        return None
+    import torch.distributed as dist
+
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), cluster.world_size,
+                          is_master=not agent_hosts and cluster.global_rank == 0, timeout=timeout,
+                          multi_tenant=not agent_hosts)
+    return dist.PrefixStore(f"surge/attempt-{attempt}", store)
 
 
 def _slurm_launched() -> bool:

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ..launch import ClusterEnvironment, LocalLauncher, detect_environment, watch_parent
+from ..launch import ClusterEnvironment, LocalLauncher, attempt_store, detect_environment, watch_parent
 from ..utils import MisconfigurationError, rank_zero_only, rank_zero_warn
 from .collectives import NamedCollectives
 from .strategy import Strategy, register
@@ -39,23 +39,6 @@ class _StepRouter(torch.nn.Module):
 
     def forward(self, stage: str, *args):
         return getattr(self.module, f"{stage}_step")(*args)
-
-
-def _attempt_store(cluster: ClusterEnvironment, timeout: timedelta):
-    """Under torchrun with restarts: the rendezvous store, its keys prefixed by the restart count.
-
-    torchrun keeps one store for every attempt, and the process group's keys (where each rank listens)
-    are the same in each: a restarted rank could read the address of a rank of the attempt before,
-    long gone ("Connection refused"), and an attempt could fail or hang. ``None`` elsewhere (env://).
-    """
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if attempt is None:
-        return None
-    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), cluster.world_size,
-                          is_master=not agent_hosts and cluster.global_rank == 0, timeout=timeout,
-                          multi_tenant=not agent_hosts)
-    return dist.PrefixStore(f"surge/attempt-{attempt}", store)
 
 
 @register("ddp")
@@ -154,7 +137,7 @@ class DDP(NamedCollectives, Strategy):
         # the launcher or torchrun, which stop the others.)
         set_timeout = getattr(dist.distributed_c10d, "_set_pg_timeout", None)
         start_timeout = max(self.timeout, _START_TIMEOUT) if set_timeout is not None else self.timeout
-        store = _attempt_store(c, start_timeout)
+        store = attempt_store(c, start_timeout)
         where = {"store": store} if store is not None else {"init_method": "env://"}
         try:
             dist.init_process_group(backend, rank=c.global_rank, world_size=c.world_size, timeout=start_timeout,
