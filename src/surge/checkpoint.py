@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from typing import Any
@@ -82,6 +83,14 @@ def _fsync_dir(folder: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def remove_checkpoint_files(path: str) -> None:
+    """Delete a checkpoint: a file, or a sharded checkpoint's folder (nothing if ``path`` is not there)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
 
 
 def load_checkpoint(path, map_location: Any = "cpu") -> dict:

@@ -6,7 +6,6 @@ a logger or the progress bar writes them out.
 """
 from __future__ import annotations
 
-import contextlib
 import numbers
 import zlib
 from typing import Callable, Optional, Union
@@ -180,7 +179,7 @@ class Results:
         tag = float(zlib.crc32(f"{name}|{reduce}".encode()))
         pair = torch.stack([torch.tensor(tag, dtype=torch.float64, device=device),
                             tensor.detach().to(device=device, dtype=torch.float64)])
-        with _named(strategy, f"the all_gather of the step value self.log({name!r}, sync_dist=True)"):
+        with strategy.collective(f"the all_gather of the step value self.log({name!r}, sync_dist=True)"):
             gathered = strategy.all_gather(pair)  # (world, 2)
         tags = gathered[:, 0].tolist()
         if any(t != tag for t in tags):
@@ -209,7 +208,7 @@ class Results:
         strategy = self.strategy
         mine = sorted((name, m.reduce, m.on_step, m.prog_bar, m.logger) for name, (_, m) in out.items() if m.sync_dist)
         what = f"the {self.stage} epoch-end reduction of the values logged with sync_dist=True"
-        with _named(strategy, what):
+        with strategy.collective(what):
             everyone = strategy.all_gather_object(mine)
         options: dict[str, dict[tuple, list[int]]] = {}
         for rank, entries in enumerate(everyone):
@@ -241,7 +240,7 @@ class Results:
                 op = "sum" if reduce == "sum" else reduce
                 slots[name] = (op, len(packs[op]))
                 packs[op].append(float(m.total) if m is not None else neutral[reduce])
-        with _named(strategy, f"{what} ({', '.join(names)})"):
+        with strategy.collective(f"{what} ({', '.join(names)})"):
             reduced = {op: strategy.reduce(torch.tensor(vals, dtype=torch.float64, device=device), op)
                        for op, vals in packs.items() if vals}
         synced = {}
@@ -259,12 +258,6 @@ class Results:
     def reset(self) -> None:
         self.metrics.clear()
         self._checked.clear()
-
-
-def _named(strategy, what: str):
-    """``strategy.collective(what)``: a failing collective inside names ``what`` (strategies without it: nothing)."""
-    collective = getattr(strategy, "collective", None)
-    return collective(what) if collective is not None else contextlib.nullcontext()
 
 
 def _reduce_name(reduce_fx: Union[str, Callable], name: str) -> str:

@@ -330,37 +330,32 @@ def test_hsdp_checkpoint_resumes_with_uninterrupted_losses(four_ranks):
     """HSDP (2 x 2) saving a sharded checkpoint mid-fit (ModelCheckpoint every 5 steps) leaves training
     unchanged, and an HSDP run resumed from the step-15 checkpoint continues with the losses of the
     run that was never interrupted and ends with its weights."""
-    full = four_ranks.result("hsdp_2x2")
-    mc = four_ranks.root / "hsdp_ckpt" / "mc"
-    run = four_ranks.result("hsdp_ckpt")
-    assert run["losses"] == full["losses"]
-    _assert_close(full["weights"], run["weights"], tol=0)
-    assert sorted(os.listdir(mc)) == ["epoch=0-step=15.ckpt", "epoch=0-step=20.ckpt", "last.ckpt"]
-    for name in os.listdir(mc):
-        parts = {".metadata", "surge_meta.pt"} | {f"__{rank}_0.distcp" for rank in range(4)}
-        assert parts <= set(os.listdir(mc / name)), name
-    resumed = four_ranks.result("hsdp_resume")
-    assert resumed["step"] == 20
-    assert resumed["losses"] == pytest.approx(full["losses"][15:], abs=1e-5)
-    _assert_close(full["weights"], resumed["weights"])
+    _assert_saved_mid_fit_and_resumed(four_ranks, "hsdp_2x2", "hsdp_ckpt", "hsdp_resume", ranks=4)
 
 
 def test_async_save_resumes_like_sync(two_ranks):
     """async_save=True: the same training, the checkpoints complete when fit returns (the stale top-k
     ones removed only after the newer one was committed), and they resume with the uninterrupted losses."""
-    full = two_ranks.result("fsdp2")
-    mc = two_ranks.root / "fsdp2_end" / "mc"
-    run = two_ranks.result("fsdp2_end")
+    _assert_saved_mid_fit_and_resumed(two_ranks, "fsdp2", "fsdp2_end", "resume_async", ranks=2)
+
+
+def _assert_saved_mid_fit_and_resumed(launch, uninterrupted: str, saving: str, resumed: str, ranks: int) -> None:
+    """Run ``saving`` (ModelCheckpoint every 5 of 20 steps, top 2 + last) trained exactly as
+    ``uninterrupted``; its folder holds only committed checkpoints with every rank's part (no temporary
+    folders left); ``resumed`` (from step 15) continues with the uninterrupted losses and weights."""
+    full = launch.result(uninterrupted)
+    mc = launch.root / saving / "mc"
+    run = launch.result(saving)
     assert run["losses"] == full["losses"]
     _assert_close(full["weights"], run["weights"], tol=0)
-    # no temporary folders left: every checkpoint is committed under its name, with all its parts
     assert sorted(os.listdir(mc)) == ["epoch=0-step=15.ckpt", "epoch=0-step=20.ckpt", "last.ckpt"]
+    parts = {".metadata", "surge_meta.pt"} | {f"__{rank}_0.distcp" for rank in range(ranks)}
     for name in os.listdir(mc):
-        assert {".metadata", "surge_meta.pt", "__0_0.distcp", "__1_0.distcp"} <= set(os.listdir(mc / name)), name
-    resumed = two_ranks.result("resume_async")
-    assert resumed["step"] == 20
-    assert resumed["losses"] == pytest.approx(full["losses"][15:], abs=1e-5)
-    _assert_close(full["weights"], resumed["weights"])
+        assert parts <= set(os.listdir(mc / name)), name
+    after = launch.result(resumed)
+    assert after["step"] == 20
+    assert after["losses"] == pytest.approx(full["losses"][15:], abs=1e-5)
+    _assert_close(full["weights"], after["weights"])
 
 
 def test_pending_save_commits_then_prunes(tmp_path):

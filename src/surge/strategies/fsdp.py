@@ -26,13 +26,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..checkpoint import CheckpointError, load_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint, remove_checkpoint_files
 from ..launch import find_free_port
 from ..precision import MixedPrecision
 from ..utils import MisconfigurationError
 from .ddp import DDP, _StepRouter
 from .fsdp_checkpoint import (META_FILE, PendingSave, _optim_ids_to_names, _optim_names_to_ids,  # noqa: F401
-                              _read_meta, _remove, commit_folder, consolidate, main, read_sharded_checkpoint)
+                              _read_meta, commit_folder, consolidate, main, read_sharded_checkpoint)
 from .strategy import register
 
 STATE_DICT_TYPES = ("sharded", "full")
@@ -344,7 +344,7 @@ class FSDP(DDP):
         """Delete a checkpoint (ModelCheckpoint's stale top-k): with a save in flight, only once that save
         is committed, so a crash meanwhile still leaves the older checkpoint."""
         if self.is_global_zero and not (self._pending is not None and self._pending.remove_after(path)):
-            _remove(path)
+            remove_checkpoint_files(path)
 
     def load_checkpoint(self, path: str, optimizers=()) -> dict:
         """A sharded directory loads straight into this rank's shards (resharded by DCP if the world

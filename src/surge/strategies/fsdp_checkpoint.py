@@ -7,23 +7,16 @@ by the command line. Reading needs no process group (DCP's ``no_dist``).
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from concurrent.futures import Future
 from typing import Callable, Optional
 
 import torch
 
-from ..checkpoint import CheckpointError, CheckpointWriteError, _fsync_dir, _os_error_of, save_checkpoint
+from ..checkpoint import (CheckpointError, CheckpointWriteError, _fsync_dir, _os_error_of,
+                          remove_checkpoint_files, save_checkpoint)
 
 META_FILE = "surge_meta.pt"
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        os.remove(path)
 
 
 def commit_folder(tmp: str, path: str) -> None:
@@ -31,12 +24,12 @@ def commit_folder(tmp: str, path: str) -> None:
     renamed aside first and deleted last, so a crash at any moment leaves the old checkpoint or the new one
     under ``path`` (a leftover ``.<name>.old`` beside it is the old one), never a mix."""
     old = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".old")
-    _remove(old)
+    remove_checkpoint_files(old)
     if os.path.lexists(path):
         os.rename(path, old)
     os.rename(tmp, path)
     _fsync_dir(os.path.dirname(path))
-    _remove(old)
+    remove_checkpoint_files(old)
 
 
 class PendingSave:
@@ -70,7 +63,7 @@ class PendingSave:
             removals, self._removals = self._removals, []
         if error is None:
             for path in removals:
-                _remove(path)
+                remove_checkpoint_files(path)
             self._done.set_result(None)
         else:
             self._done.set_exception(error)

@@ -139,6 +139,11 @@ class Strategy:
         """Context under which backward does not synchronise gradients (accumulation micro-batches)."""
         return _NOTHING
 
+    def collective(self, what: str):
+        """Context naming the collectives run inside as ``what``, for the error a failing one raises
+        (distributed strategies: :class:`~surge.strategies.collectives.NamedCollectives`). One process: nothing."""
+        return _NOTHING
+
     def optimizer_step(self, optimizer, closure=None) -> bool:
         return self.precision.optimizer_step(optimizer, closure)
 
@@ -184,9 +189,9 @@ class Strategy:
         import os
 
         if self.is_global_zero and os.path.lexists(path):
-            from .fsdp_checkpoint import _remove
+            from ..checkpoint import remove_checkpoint_files
 
-            _remove(path)
+            remove_checkpoint_files(path)
 
     def load_checkpoint(self, path: str, optimizers=()) -> dict:
         """Read the checkpoint at ``path``: a file, or a sharded (DCP) directory, gathered whole here."""

@@ -19,8 +19,6 @@ loaders over an ``IterableDataset`` in runs of more than one process.
 """
 from __future__ import annotations
 
-import contextlib
-
 from torch.utils.data import DataLoader
 
 from ..data import _LOADER_ARGS
@@ -48,9 +46,8 @@ class EvenBatchesLoader(DataLoader):
         except StopIteration:
             batch, have = None, False
         strategy = self.surge_strategy
-        collective = getattr(strategy, "collective", None)
-        with collective("the vote whether every rank has another training batch (an IterableDataset under "
-                        "several processes)") if collective is not None else contextlib.nullcontext():
+        with strategy.collective("the vote whether every rank has another training batch (an IterableDataset "
+                                 "under several processes)"):
             return batch, strategy.reduce_boolean_decision(have, all=True)
 
 
