@@ -139,6 +139,20 @@ class MixedPrecision(Precision):
             self.skipped_steps = state.get("skipped_steps", 0)
 
 
+def agreeing_scaler(device_type: str):
+    """A grad scaler for ranks that hold different gradients (FSDP shards, pipeline stages): its inf/NaN
+    check is all-reduced over every rank, so all of them skip the same steps and keep the same scale."""
+    import warnings
+
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    # The scaler hands its one-element found_inf / scale tensors to DTensor ops on sharded gradients;
+    # DTensor replicates them (correctly) but warns at every step. Silence that one warning.
+    warnings.filterwarnings("ignore", message="Found a non-scalar tensor with numel=1", category=UserWarning,
+                            module=r"torch\.distributed\.tensor")
+    return ShardedGradScaler(device_type)
+
+
 @contextlib.contextmanager
 def _default_dtype(dtype: torch.dtype):
     previous = torch.get_default_dtype()

@@ -35,8 +35,9 @@ from surge.strategies.pipeline_steps import merge_logs, split_batch
 from surge.utils import MisconfigurationError
 
 SCRIPT = r'''
-import json, math, os, sys, traceback
+import itertools, json, math, os, sys, traceback
 import torch
+from torch.utils.data import DataLoader, default_collate
 import surge
 from surge.loggers import CSVLogger
 from surge.strategies import Pipeline
@@ -62,6 +63,18 @@ class Grab(surge.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
+class InfAt(surge.Callback):
+    """An inf in one gradient on one rank (the last stage) at one step: under "16-mixed" every rank must skip it."""
+
+    def __init__(self, step, rank):
+        self.step, self.rank = step, rank
+
+    def on_after_backward(self, trainer, module):
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            grad = next(p.grad for p in module.parameters() if p.grad is not None)
+            grad.view(-1)[0] = float("inf")
+
+
 class SGDGPT(GPTModule):
     # SGD, not AdamW: Adam divides by the gradient's size, so a gradient that is zero in exact arithmetic
     # (the attention's key bias) turns float noise into full steps and no two summation orders agree.
@@ -81,14 +94,27 @@ def trainer_for(c, max_steps, callbacks=(), logger=False, checkpointing=False):
     strategy = "auto" if c["schedule"] == "single" else Pipeline(
         stages=c["stages"] or None, schedule=c["schedule"], microbatches=c["micro"], virtual_stages=c["virtual"],
         data_parallel=c["dp"])
+    if c["inf_at"] is not None:
+        callbacks = [*callbacks, InfAt(c["inf_at"], c["devices"] - 1)]
     return surge.Trainer(strategy=strategy, accelerator="cpu", devices=c["devices"], max_steps=max_steps,
                          logger=logger, enable_checkpointing=checkpointing, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=list(callbacks), gradient_clip_val=0.5,
-                         num_sanity_val_steps=0, log_every_n_steps=1)
+                         num_sanity_val_steps=0, log_every_n_steps=1, precision=c["precision"],
+                         accumulate_grad_batches=c["accum"])
 
 
 def loader(c):  # enough for 2 replicas
-    return stdlib_text_loader(16, batch_size=c["batch"], limit=16 * c["steps"], shuffle=c["mode"] == "resume")
+    base = stdlib_text_loader(16, batch_size=c["batch"], limit=16 * c["steps"] * c["accum"],
+                              shuffle=c["mode"] == "resume")
+    if not c["crop"]:
+        return base
+    calls = itertools.count()
+
+    def crop(samples):  # every other batch half as long: a new batch shape inside each accumulation window
+        x, y = default_collate(samples)
+        return (x[:, :8], y[:, :8]) if next(calls) % 2 else (x, y)
+
+    return DataLoader(base.dataset, batch_size=c["batch"], drop_last=True, collate_fn=crop)
 
 
 def run(c, out):
@@ -103,6 +129,9 @@ def run(c, out):
                   # this rank's share of its stage's parameters (fsdp: the local shards)
                   "numel": [sum(getattr(p, "to_local", lambda: p)().numel() for p in model.parameters()),
                             sum(p.numel() for p in model.parameters())]}
+        scaler = getattr(trainer.strategy.precision, "scaler", None)
+        if scaler is not None:  # "16-mixed": the steps skipped for inf gradients, and the scale after them
+            result.update(skipped=trainer.strategy.precision.skipped_steps, scale=float(scaler.get_scale()))
     elif c["mode"] == "resume":
         # Uninterrupted, with a checkpoint in the middle of the epoch (chosen by a metric the user logs) ...
         middle = (steps + 1) // 2  # the only multiple of every_n_train_steps up to `steps` (an odd number)
@@ -143,9 +172,10 @@ TWO_STAGE = [c for c in CASES if c[0] in schedule_names()]
 
 
 def config(name, devices, schedule, stages=0, virtual=1, micro=4, steps=STEPS, batch=8, mode="fit", ckpt=None,
-           dp="replicate"):
+           dp="replicate", precision="32-true", accum=1, crop=False, inf_at=None):
     return dict(name=name, devices=devices, schedule=schedule, stages=stages, virtual=virtual, micro=micro,
-                steps=steps, batch=batch, mode=mode, ckpt=ckpt, dp=dp)
+                steps=steps, batch=batch, mode=mode, ckpt=ckpt, dp=dp, precision=precision, accum=accum, crop=crop,
+                inf_at=inf_at)
 
 
 @dataclasses.dataclass
@@ -198,7 +228,10 @@ def single(tmp_path_factory):
     reproduce ("single"); the same on the global batch of 2 x 2 ("ref"); "single"'s checkpoint validated."""
     root = tmp_path_factory.mktemp("one_process")
     run = launch(root, [config("single", 1, "single"), config("ref", 1, "single", steps=4, batch=16),
-                        config("valref", 1, "single", steps=2, mode="validate", ckpt=str(root / "single" / "final.ckpt"))],
+                        config("valref", 1, "single", steps=2, mode="validate", ckpt=str(root / "single" / "final.ckpt")),
+                        config("ref_accum", 1, "single", steps=4, batch=16, accum=2, crop=True),
+                        config("ref_bf16", 1, "single", steps=4, batch=16, precision="bf16-mixed"),
+                        config("single_fp16", 1, "single", steps=6, precision="16-mixed", inf_at=2)],
                  timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     return run
@@ -212,7 +245,8 @@ def two_processes(tmp_path_factory, single):
     ckpt = str(single.out("single") / "final.ckpt")
     configs = [config(s, d, s, virtual=v) for s, d, v in TWO_STAGE if s in ("GPipe", "1F1B")]
     configs += [config("resume", 2, "1F1B", steps=5, mode="resume"),
-                config("val", 2, "GPipe", steps=2, mode="validate", ckpt=ckpt)]
+                config("val", 2, "GPipe", steps=2, mode="validate", ckpt=ckpt),
+                config("fp16", 2, "1F1B", steps=6, precision="16-mixed", inf_at=2)]
     configs += [config(s, d, s, virtual=v) for s, d, v in TWO_STAGE if s not in ("GPipe", "1F1B")]
     return launch(tmp_path_factory.mktemp("two_processes"), configs, timeout=540)
 
@@ -223,7 +257,10 @@ def four_processes(tmp_path_factory):
     (fsdp), the sharded one also resumed from a mid-epoch checkpoint."""
     configs = [config("four", 4, "1F1B"), config("2x2", 4, "1F1B", stages=2, steps=4, batch=8),
                config("2x2fsdp", 4, "1F1B", stages=2, steps=4, batch=8, dp="fsdp"),
-               config("2x2fsdp_resume", 4, "1F1B", stages=2, steps=5, batch=8, dp="fsdp", mode="resume")]
+               config("2x2fsdp_resume", 4, "1F1B", stages=2, steps=5, batch=8, dp="fsdp", mode="resume"),
+               config("2x2_accum", 4, "1F1B", stages=2, steps=4, accum=2, crop=True),
+               config("2x2fsdp_accum", 4, "1F1B", stages=2, steps=4, accum=2, crop=True, dp="fsdp"),
+               config("2x2fsdp_bf16", 4, "1F1B", stages=2, steps=4, precision="bf16-mixed", dp="fsdp")]
     return launch(tmp_path_factory.mktemp("four_processes"), configs, timeout=540)
 
 
@@ -300,6 +337,46 @@ def test_two_by_two_trains_gpt_like_one_device_on_the_global_batch(four_processe
     w, w_ref = weights(out), weights(ref)
     for name in w_ref:
         torch.testing.assert_close(w[name], w_ref[name], atol=2e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("name", ["2x2_accum", "2x2fsdp_accum"])
+def test_accumulation_over_batches_of_different_shapes_matches_one_device(four_processes, single, name):
+    # accumulate_grad_batches=2 where the second batch of every window is shorter (16 then 8 tokens): each
+    # shape runs its own schedule, and the first step of a new schedule must not drop the window's
+    # gradients so far (torch clears them on FSDP modules after inferring the new shapes).
+    out, ref = four_processes.out(name, range(4)), single.out("ref_accum")
+    assert len(result(ref)["losses"]) == 8  # batches: 4 optimizer steps of 2
+    halves = zip(result(out, 0)["losses"], result(out, 2)["losses"])
+    assert [(a + b) / 2 for a, b in halves] == pytest.approx(result(ref)["losses"], abs=1e-5)
+    w, w_ref = weights(out), weights(ref)
+    for name in w_ref:
+        torch.testing.assert_close(w[name], w_ref[name], atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_fsdp_inside_stages_trains_in_bf16_mixed_like_one_device(four_processes, single):
+    out, ref = four_processes.out("2x2fsdp_bf16", range(4)), single.out("ref_bf16")
+    losses = result(ref)["losses"]
+    assert losses[-1] < losses[0]
+    halves = zip(result(out, 0)["losses"], result(out, 2)["losses"])
+    assert [(a + b) / 2 for a, b in halves] == pytest.approx(losses, abs=2e-2)  # bf16: ~3 significant digits
+    w, w_ref = weights(out), weights(ref)
+    assert all(v.dtype == w_ref[k].dtype for k, v in w.items())  # float32 master weights, as on one device
+    for name in w_ref:
+        torch.testing.assert_close(w[name], w_ref[name], atol=2e-2, rtol=2e-2, msg=name)
+
+
+def test_fp16_pipeline_scales_the_loss_and_every_stage_skips_an_inf_step(two_processes, single):
+    # An inf in the last stage's gradients at step 2: the first stage, whose own gradients are finite,
+    # skips that step too, both keep the same (halved) scale, and the run follows one device's.
+    out, ref = two_processes.out("fp16", range(2)), single.out("single_fp16")
+    assert result(ref)["skipped"] == 1
+    for r in range(2):
+        assert result(out, r)["skipped"] == 1
+        assert result(out, r)["scale"] == result(ref)["scale"]
+    assert result(out)["losses"] == pytest.approx(result(ref)["losses"], abs=1e-3)
+    w, w_ref = weights(out), weights(ref)
+    for name in w_ref:
+        torch.testing.assert_close(w[name], w_ref[name], atol=1e-3, rtol=1e-3, msg=name)
 
 
 def test_fsdp_inside_a_stage_shards_it_and_checkpoints_whole(four_processes):

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..checkpoint import CheckpointError, load_checkpoint, remove_checkpoint_files
 from ..launch import find_free_port
-from ..precision import MixedPrecision
+from ..precision import MixedPrecision, agreeing_scaler
 from ..utils import MisconfigurationError
 from .ddp import DDP, _StepRouter
 from .fsdp_checkpoint import (META_FILE, PendingSave, _optim_ids_to_names, _optim_names_to_ids,  # noqa: F401
@@ -47,13 +47,7 @@ class _FSDPMixedPrecision(MixedPrecision):
     def __init__(self, device, dtype: torch.dtype) -> None:
         super().__init__(device, dtype)
         if self.scaler is not None:
-            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
-
-            self.scaler = ShardedGradScaler(device.type)
-            # The scaler hands its one-element found_inf / scale tensors to DTensor ops on the gradient
-            # shards; DTensor replicates them (correctly) but warns at every step. Silence that one warning.
-            warnings.filterwarnings("ignore", message="Found a non-scalar tensor with numel=1", category=UserWarning,
-                                    module=r"torch\.distributed\.tensor")
+            self.scaler = agreeing_scaler(device.type)
 
     def autocast(self):
         return contextlib.nullcontext()

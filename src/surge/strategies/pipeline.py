@@ -34,11 +34,12 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from ..precision import MixedPrecision, agreeing_scaler
 from ..utils import MisconfigurationError
 from .ddp import DDP
 from .model_parallel import StageModule, find_body, keep_only, plan_split
-from .pipeline_fsdp import (DATA_PARALLEL, full_optimizer_state, full_state, like, local, shard_optimizer_state,
-                            shard_stages)
+from .pipeline_fsdp import (DATA_PARALLEL, full_optimizer_state, full_state, gradients_kept, like, local,
+                            shard_optimizer_state, shard_stages)
 from .pipeline_steps import MicroStep, call_step, detached_to, recording, replay_logs, split_batch
 from .strategy import Strategy, register
 
@@ -135,6 +136,9 @@ class Pipeline(DDP):
             raise MisconfigurationError(f"Pipeline(stages={self.pp}) does not divide the {self.world_size} processes "
                                         f"(devices x num_nodes) into pipeline replicas")
         self.dp = self.world_size // self.pp
+        if isinstance(self.precision, MixedPrecision) and self.precision.scaler is not None:  # "16-mixed"
+            # The stages hold different gradients: an inf on one stage must skip the step on all of them.
+            self.precision.scaler = agreeing_scaler(self.root_device.type)
 
     def setup_environment(self) -> None:
         if self.world_size == 1 and "MASTER_PORT" not in os.environ and not dist.is_initialized():
@@ -170,6 +174,11 @@ class Pipeline(DDP):
             shard_stages(self._stage_modules, self.mesh["dp"])
         self._split_of = module
         self._schedules.clear()
+        scaler = getattr(self.precision, "scaler", None)
+        if scaler is not None:
+            # Only the last stage scales a loss, which is when a scaler makes its scale tensor; every
+            # stage unscales and steps, so each needs that tensor from the start.
+            scaler.scale(torch.ones((), device=self.root_device))
 
     @property
     def is_first(self) -> bool:
@@ -198,7 +207,8 @@ class Pipeline(DDP):
         schedule, step_kwargs = self._schedule(training, inputs)
         args = (inputs,) if self.is_first else ()
         payload = None
-        with self.precision.autocast():
+        # (fsdp: a new schedule's first step drops the gradients; those of an accumulation window are kept)
+        with self.precision.autocast(), gradients_kept(self.module, self.data_parallel == "fsdp"):
             if training:
                 micro = split_batch(batch, size, self.microbatches) if self.is_last else []
                 self._micro = MicroStep(micro, batch_idx, extra, schedule)
@@ -251,7 +261,9 @@ class Pipeline(DDP):
         # The schedule sums the micro-batches' gradients (scale_grads=False): divide here, by the
         # accumulation window too, so the gradients are those of the window's mean loss.
         accumulate = getattr(self.module.trainer, "accumulate_grad_batches", 1) or 1
-        return self._micro.loss(self.module, output, target, self.microbatches * accumulate)
+        loss = self._micro.loss(self.module, output, target, self.microbatches * accumulate)
+        scaler = getattr(self.precision, "scaler", None)  # "16-mixed": the backward runs on the scaled loss
+        return loss if scaler is None else scaler.scale(loss)
 
     def _from_last(self, payload):
         """``payload`` (the step's result and its logs) from the last stage, on every stage of the pipeline."""

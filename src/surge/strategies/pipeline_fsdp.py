@@ -11,10 +11,31 @@ calls it with the same keys in the same order (they hold the same stage, so thei
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
 DATA_PARALLEL = ("replicate", "fsdp")
+
+
+@contextlib.contextmanager
+def gradients_kept(module: nn.Module, active: bool = True):
+    """Keep ``module``'s gradients across a schedule's step. The first step of a new schedule (a new
+    batch shape, or the first evaluation) infers its shapes with a real forward and backward, after which
+    torch sets ``param.grad = None`` on every FSDP module: inside an accumulation window that would drop
+    the window's gradients so far. A gradient FSDP accumulated into in place is left alone; one that was
+    dropped comes back, plus what the step reduced into its place."""
+    if not active:
+        yield
+        return
+    saved = [(p, p.grad) for p in module.parameters() if p.grad is not None]
+    yield
+    for param, grad in saved:
+        if param.grad is None:
+            param.grad = grad
+        elif param.grad is not grad:
+            param.grad += grad
 
 
 def shard_stages(stage_modules: list[nn.Module], mesh) -> None:
