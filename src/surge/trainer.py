@@ -1,8 +1,10 @@
 """Trainer: runs fit, validate, test and predict for a Module on any strategy.
 
-Read ``_fit_loop`` and ``_train_batch`` top to bottom: fetch a batch, forward and backward
-through the strategy, step the optimizers, log, validate, checkpoint. Everything the run knows
-about where it is lives in ``self.state`` (a :class:`TrainerState`).
+This file holds the arguments, the entry points (``fit``, ``validate``, ``test``, ``predict``), how a
+run is set up and torn down, and how hooks are called. The fit loop is in ``fit_loop.py``: read
+``_fit_loop`` -> ``_train_epoch`` -> ``_train_batch`` there top to bottom: fetch a batch, forward and
+backward through the strategy, step the optimizers, log, validate, checkpoint. Everything the run
+knows about where it is lives in ``self.state`` (a :class:`TrainerState`).
 """
 from __future__ import annotations
 
@@ -19,12 +21,12 @@ from .callbacks.base import Callback
 from .data import check_limit
 from .datamodule import DataModule, _overrides
 from .evaluation import STAGE_PREFIX, EvaluationLoops
+from .fit_loop import FitLoop
 from .module import Module
 from .optim import OptimizerHandle, SchedulerConfig, parse_optimizers
 from .precision import normalize_precision
 from .results import Results
 from . import resume
-from .seed import preserved_rng, restore_rng_state
 from .preemption import PreemptionHandler
 from .speed import SpeedSettings
 from .state import TrainerState
@@ -32,13 +34,13 @@ from .trainer_checkpoint import CheckpointHandling
 from .trainer_data import DataHandling
 from .trainer_metrics import MetricsHandling
 from .strategies.strategy import Strategy, get_strategy
-from . import anomaly, faults
+from . import faults
 from .profiler import NO_PROFILE, resolve_profiler
-from .utils import MisconfigurationError, SurgeError, rank_zero_info, rank_zero_warn
+from .utils import MisconfigurationError, SurgeError
 
 
 
-class Trainer(EvaluationLoops, MetricsHandling, DataHandling, CheckpointHandling):
+class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, CheckpointHandling):
     """Runs the training, evaluation and prediction of a :class:`surge.Module`.
 
     Example::
@@ -643,319 +645,6 @@ class Trainer(EvaluationLoops, MetricsHandling, DataHandling, CheckpointHandling
         fns, own = self._listeners(name)
         return bool(fns) or own is not None or self.profiler is not None
 
-    # ================================================================== the fit loop
-    def _fit_loop(self) -> None:
-        self._log_hyperparams()
-        self._call("on_fit_start")
-        self._sanity_check()
-        self._results = Results("train", self.strategy)
-        self._call("on_train_start")
-        state = self.state
-        while not self._fit_done():
-            n = self.reload_dataloaders_every_n_epochs
-            if n and state.epoch > 0 and state.epoch % n == 0 and state.batch_idx == 0:
-                self.train_dataloader = self._loader("train")
-            self._train_epoch()
-            if self._epoch_finished:
-                state.epoch += 1
-                state.batch_idx = 0
-                self._epoch_finished = False
-        self._results = Results("train", self.strategy)
-        self._call("on_train_end")
-        self._call("on_fit_end")
-
-    def _fit_done(self) -> bool:
-        s = self.state
-        if self.max_epochs != -1 and s.epoch >= self.max_epochs:
-            return True
-        if self.max_steps != -1 and s.global_step >= self.max_steps:
-            return True
-        if s.should_stop:
-            min_epochs_ok = self.min_epochs is None or s.epoch >= self.min_epochs
-            min_steps_ok = self.min_steps is None or s.global_step >= self.min_steps
-            if min_epochs_ok and min_steps_ok:
-                return True
-            s.should_stop = False  # EarlyStopping asked too early: keep going until the minimum
-        return False
-
-    def _train_epoch(self) -> None:
-        """One pass over the training data, with validation where ``val_check_interval`` says."""
-        module, strategy, state = self.module, self.strategy, self.state
-        self._results = results = Results("train", strategy)
-        limit = self.num_training_batches
-        if hasattr(getattr(self.train_dataloader, "sampler", None), "set_epoch"):
-            self.train_dataloader.sampler.set_epoch(state.epoch)
-        module.train()
-        self._call("on_train_epoch_start")
-        skip, read_and_drop = self._position_epoch()
-        batch_idx, exhausted = -1, True
-        batches = self._speed.wrap_train_loader(self, self.train_dataloader)  # CUDA: next batch copies during this step
-        batch_end_listened = self._listened("on_train_batch_end")
-        for batch_idx, batch in enumerate(batches, start=0 if read_and_drop else skip):
-            if batch_idx < skip:
-                if batch_idx + 1 == skip:
-                    restore_rng_state(self._resume_position.pop("continue_state"))
-                continue
-            if limit is not None and batch_idx >= limit:
-                batch_idx -= 1
-                break
-            batch = self._to_device(batch, 0)
-            results.new_batch(batch)
-            if self._call("on_train_batch_start", batch, batch_idx) == -1:
-                batch_idx -= 1
-                break
-            with NO_PROFILE if self.profiler is None else self.profiler.profile("run_training_batch"):
-                output = self._train_batch(batch, batch_idx, last=limit is not None and batch_idx + 1 == limit)
-            state.batch_idx = batch_idx + 1
-            state.batches_seen += 1
-            if batch_end_listened:
-                self._update_step_metrics()  # on_train_batch_end (ModelCheckpoint, the bar) sees this step's values
-                # What it sees holds no graph: the step's activations can be freed.
-                if module.automatic_optimization:
-                    output = _detached_output(output)
-                self._call("on_train_batch_end", output, batch, batch_idx)
-            del output  # a skipped step's graph (on_nan="skip") is freed before the next forward
-            self._log_step_metrics()
-            if self._val_due(batch_idx, limit, end_of_epoch=False):
-                self._validation_in_fit()
-            if not self._grads_pending and self._preemption.due(self):
-                self._preempt()
-            if state.should_stop or (self.max_steps != -1 and state.global_step >= self.max_steps):
-                exhausted = limit is not None and batch_idx + 1 >= limit
-                break
-        if batch_idx == -1 and skip == 0:
-            raise SurgeError(f"the training dataloader yielded no batch in epoch {state.epoch}")
-        if exhausted:
-            if self._grads_pending:  # an epoch ending inside an accumulation window still steps
-                self._optimizer_steps(batch_idx)
-            # From here on a checkpoint records "epoch done": a resume starts the next one.
-            self._epoch_finished = True
-            if self._val_due(batch_idx, limit, end_of_epoch=True):
-                self._validation_in_fit()
-        self._results = results
-        self._epoch_end("train")
-        if exhausted:
-            self._step_schedulers("epoch")
-
-    def _preempt(self) -> None:
-        """Save ``last.ckpt`` where ``fit(ckpt_path="last")`` finds it, then exit with the requeue code."""
-        callback = self.checkpoint_callback
-        folder = callback.dirpath if callback is not None and callback.dirpath else os.path.join(self.default_root_dir, "checkpoints")
-        path = os.path.join(folder, "last.ckpt")
-        self.save_checkpoint(path)
-        self.strategy.wait_for_checkpoint()  # on disk before the requeue: the job may be killed right after
-        if callback is not None:
-            callback.last_model_path = path
-        received = self._preemption.received
-        rank_zero_info(f"surge: got {received.name if received else 'a preemption signal on another rank'}; saved {path} "
-                       f"at global step {self.global_step}; exiting with code {self._preemption.exit_code} for a requeue")
-        self._preemption.requeue(self)
-        raise SystemExit(self._preemption.exit_code)
-
-    def _position_epoch(self) -> tuple[int, bool]:
-        """Prepare the training loader for this epoch; return the batches to skip and whether they must be
-        read and dropped (loaders surge cannot skip inside) rather than skipped in the sampler."""
-        loader, skip = self.train_dataloader, self.state.batch_idx
-        self._tracker = tracker = resume.install(loader)
-        pos, self._resume_position = self._resume_position, None
-        if pos is None or skip == 0:
-            # Record how this epoch's iteration starts, for a checkpoint written inside it.
-            self._epoch_loader_state = resume._capture(loader)
-            return 0, False
-        self._epoch_loader_state = pos["loader_state"]
-        if pos["loader_state"] is not None:
-            resume._restore(pos["loader_state"], loader)
-        if tracker is not None and pos["sampler_state"] is not None and pos["batch_size"] == loader.batch_size:
-            tracker.resume(skip * loader.batch_size, pos["sampler_state"], pos["continue_state"])
-            return skip, False
-        resume.warn_fallback(loader)
-        self._resume_position = pos  # read back in the loop, after the skipped batches
-        return skip, True
-
-    def _train_batch(self, batch, batch_idx: int, last: bool) -> Any:
-        """Forward, backward and (at the end of an accumulation window) the optimizer step for one batch."""
-        module, strategy = self.module, self.strategy
-        if not module.automatic_optimization:
-            output = strategy.step("training", batch, batch_idx)
-            _check_step_output(output, manual=True)
-            return output
-        boundary = last or (batch_idx + 1) % self.accumulate_grad_batches == 0
-        outputs, stepped = [], False
-        for opt_idx, optimizer in enumerate(self.optimizers):
-            extra = (opt_idx,) if self._step_takes_opt_idx else ()
-            if self._step_takes_opt_idx:
-                module.toggle_optimizer(optimizer)
-            # Gradients are synchronised across processes only on the last micro-batch of a window.
-            with strategy.no_backward_sync(not boundary):
-                owns_backward = strategy.owns_backward  # a pipeline schedule runs backward inside its step
-                if owns_backward:  # so its gradients are zeroed before the step, not after
-                    self._zero_grad_at_window_start(opt_idx, optimizer, batch_idx)
-                self._results.hook = "training_step"
-                with NO_PROFILE if self.profiler is None else self.profiler.profile("training_step"):
-                    output = strategy.step("training", batch, batch_idx, *extra)
-                loss = _check_step_output(output, manual=False, needs_grad=not owns_backward)
-                if loss is not None and self._check_finite(loss, batch_idx, opt_idx):  # False: on_nan="skip" dropped it
-                    if not owns_backward:
-                        self._zero_grad_at_window_start(opt_idx, optimizer, batch_idx)
-                    self._call("on_before_backward", loss)
-                    if not owns_backward:
-                        self._backward(loss / self.accumulate_grad_batches if self.accumulate_grad_batches > 1 else loss)
-                    self._call("on_after_backward")
-                    # fp16's grad scaler skips steps with inf gradients by design: not an anomaly there.
-                    if self.detect_anomaly and self.precision != "16-mixed":
-                        anomaly.check_gradients(module, self.state, batch_idx)
-                    self._grads_pending.add(opt_idx)
-            if self._step_takes_opt_idx:
-                module.untoggle_optimizer(optimizer)
-            # Each optimizer steps in its own turn, so the next optimizer's training_step sees the update
-            # (a GAN's discriminator loss uses the generator just stepped).
-            if boundary and opt_idx in self._grads_pending:
-                self._step_optimizer(opt_idx, batch_idx)
-                stepped = True
-            outputs.append(output)
-            if not self._step_takes_opt_idx:
-                break
-        if stepped:
-            self._end_step()
-        return outputs[0] if len(outputs) == 1 else outputs
-
-    def _zero_grad_at_window_start(self, opt_idx: int, optimizer, batch_idx: int) -> None:
-        """Zero ``optimizer``'s gradients before the first backward of an accumulation window (as Lightning
-        does: gradients stay readable after the step, in on_train_batch_end and after fit)."""
-        if opt_idx not in self._grads_pending:
-            self._call("on_before_zero_grad", optimizer)
-            self.module.optimizer_zero_grad(self.state.epoch, batch_idx, optimizer)
-
-    def _optimizer_steps(self, batch_idx: int) -> None:
-        """Step every optimizer that holds gradients (an epoch ending inside a window), then count the step."""
-        for opt_idx in sorted(self._grads_pending):
-            self._step_optimizer(opt_idx, batch_idx)
-        self._end_step()
-
-    def _step_optimizer(self, opt_idx: int, batch_idx: int) -> None:
-        """Clip and step one optimizer (its gradients are zeroed before the next window's first backward)."""
-        optimizer = self.optimizers[opt_idx]
-        self._before_optimizer_step(optimizer)
-        with NO_PROFILE if self.profiler is None else self.profiler.profile("optimizer_step"):
-            self.strategy.optimizer_step(optimizer)
-        self._grads_pending.discard(opt_idx)
-
-    def _end_step(self) -> None:
-        """One optimisation step is done (every optimizer had its turn): count it, step per-step schedulers."""
-        self.state.global_step += 1
-        self._step_schedulers("step")
-
-    def _before_optimizer_step(self, optimizer) -> None:
-        self._call("on_before_optimizer_step", optimizer)
-        if self.gradient_clip_val:
-            self._clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
-
-    def _clip_gradients(self, optimizer, value, algorithm) -> None:
-        if value:
-            self.strategy.clip_gradients(getattr(optimizer, "optimizer", optimizer), value, algorithm)
-
-    def _backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
-        with NO_PROFILE if self.profiler is None else self.profiler.profile("backward"):
-            if self.detect_anomaly:
-                with torch.autograd.detect_anomaly(), anomaly.report_backward_anomaly(self.state):
-                    self.strategy.backward(loss, *args, **kwargs)
-            else:
-                self.strategy.backward(loss, *args, **kwargs)
-
-    def _check_finite(self, loss: torch.Tensor, batch_idx: int, opt_idx: int = 0) -> bool:
-        """``True``: the step goes on. A non-finite loss raises, or under ``on_nan="skip"`` returns ``False``."""
-        if self._nan.mode == "skip":
-            return self._nan.finite_or_skip(self, loss, batch_idx, opt_idx)
-        # On the CPU reading the loss costs nothing; on a GPU it would stall the pipeline every step,
-        # so there the first bad step is recorded on the device and read when metrics are written.
-        if loss.is_cpu or self.detect_anomaly:  # detect_anomaly: say so now, sync or not
-            value = loss.item()  # ~1 us on a CPU scalar; torch.isfinite would cost 20x that
-            if not math.isfinite(value):
-                raise SurgeError(f"the loss is {value} at global step {self.state.global_step} "
-                                 f"(epoch {self.state.epoch}, batch {batch_idx}); Trainer(on_nan='skip') skips such steps")
-            return True
-        bad = ~torch.isfinite(loss.detach())
-        step = torch.tensor(self.state.global_step, device=loss.device)
-        if self._nonfinite_step is None:
-            self._nonfinite_step = torch.full((), -1, dtype=torch.long, device=loss.device)
-        self._nonfinite_step = torch.where(bad & (self._nonfinite_step < 0), step, self._nonfinite_step)
-        return True
-
-    def _raise_if_nonfinite(self) -> None:
-        if self._nonfinite_step is not None:
-            step = int(self._nonfinite_step)
-            if step >= 0:
-                raise SurgeError(f"the loss became non-finite (NaN or inf) at global step {step} (epoch {self.state.epoch})")
-
-    def _step_schedulers(self, interval: str) -> None:
-        if not self.lr_scheduler_configs or not self.module.automatic_optimization:
-            return
-        for config in self.lr_scheduler_configs:
-            if config.interval != interval:
-                continue
-            count = self.state.global_step if interval == "step" else self.state.epoch + 1
-            if count % config.frequency:
-                continue
-            metric = None
-            if config.monitor is not None:
-                metric = self.callback_metrics.get(config.monitor)
-                if metric is None:
-                    if config.strict:
-                        raise SurgeError(
-                            f"the LR scheduler monitors {config.monitor!r} but no such metric was logged; logged: "
-                            f"{sorted(self.callback_metrics)}"
-                        )
-                    rank_zero_warn(f"the LR scheduler monitors {config.monitor!r}, which was not logged; not stepping it")
-                    continue
-            self._results.hook = "lr_scheduler_step"
-            self.module.lr_scheduler_step(config.scheduler, metric)
-
-    def _val_due(self, batch_idx: int, limit, end_of_epoch: bool) -> bool:
-        if not self.val_dataloaders or not any(n != 0 for n in self.num_val_batches):
-            return False
-        every_n = self.check_val_every_n_epoch
-        if every_n is not None and (self.state.epoch + 1) % every_n:
-            return False
-        interval = self.val_check_interval
-        if isinstance(interval, float):
-            if end_of_epoch:  # the last batch is a check point too when the interval divides the epoch
-                return interval == 1.0 or limit is None or limit % max(1, int(limit * interval)) == 0
-            if interval == 1.0 or limit is None:
-                return False
-            every = max(1, int(limit * interval))
-            return (batch_idx + 1) % every == 0 and batch_idx + 1 != limit
-        if end_of_epoch:
-            return False
-        count = self.state.batches_seen if every_n is None else batch_idx + 1
-        return count % interval == 0
-
-    def _validation_in_fit(self) -> None:
-        train_results = self._results
-        # Validation leaves the random streams as it found them: training draws the same numbers with or
-        # without it, and a run resumed after a validation continues exactly.
-        with preserved_rng():
-            self._run_eval("validate", self.val_dataloaders, self.num_val_batches)
-        self._results = train_results
-        self.module.train()
-
-    def _sanity_check(self) -> None:
-        n = self.num_sanity_val_steps
-        if n == 0 or not self.val_dataloaders or self._ckpt_path is not None:
-            return
-        limits = [nb if n == -1 else (n if nb is None else min(n, nb)) for nb in self.num_val_batches]
-        self.num_sanity_val_batches = limits
-        stage = self.state.stage
-        self.state.stage = "sanity_check"
-        self._results = Results("validate", self.strategy)
-        self._call("on_sanity_check_start")
-        with preserved_rng():
-            self._run_eval("validate", self.val_dataloaders, limits, sanity=True)
-        self._results = Results("validate", self.strategy)
-        self._call("on_sanity_check_end")
-        self.state.stage = stage
-        self.callback_metrics.clear()
-        self.logged_metrics.clear()
-        self.progress_bar_metrics.clear()
 
 # ====================================================================== module checks
 def _has_step(module, name: str) -> bool:
@@ -967,39 +656,3 @@ def _require_hook(module, name: str) -> None:
     if fn is None or fn is getattr(Module, name):
         raise MisconfigurationError(f"{type(module).__name__} does not define {name}(); a surge.Module needs "
                                     f"training_step() and configure_optimizers() to be trained")
-
-
-def _check_step_output(output, manual: bool, needs_grad: bool = True):
-    """The loss in ``training_step``'s return value (``None``: skip this batch's backward)."""
-    if output is None:
-        return None
-    if isinstance(output, torch.Tensor):
-        if manual:
-            return None
-        if output.numel() != 1:
-            raise SurgeError(f"training_step returned a tensor of shape {tuple(output.shape)}; the loss must be a scalar")
-        if needs_grad and not output.requires_grad:
-            raise SurgeError("training_step returned a loss that does not require grad (computed under no_grad, or "
-                             "detached?); return the loss tensor from the forward pass")
-        return output
-    if isinstance(output, dict):
-        if manual:
-            return None
-        if "loss" not in output:
-            raise SurgeError(f"training_step returned a dict without a 'loss' key (keys: {sorted(output)})")
-        return _check_step_output(output["loss"], manual=False, needs_grad=needs_grad)
-    if manual:
-        return None
-    raise SurgeError(f"training_step must return a loss tensor, a dict with 'loss', or None; got {type(output).__name__}")
-
-
-def _detached_output(output):
-    """``training_step``'s output for ``on_train_batch_end``: a loss tensor becomes ``{"loss": loss}``;
-    the tensors of a dict are detached (a list: one output per optimizer)."""
-    if isinstance(output, list):
-        return [_detached_output(o) for o in output]
-    if isinstance(output, torch.Tensor):
-        return {"loss": output.detach()}
-    if isinstance(output, dict):
-        return {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in output.items()}
-    return output
