@@ -60,9 +60,7 @@ class SpeedSettings:
         device = strategy.root_device
         self.apply_tf32(device)
         if self.compile_options is not None:
-            from .compile import compile_module
-
-            compile_module(strategy.module, self.compile_options)
+            strategy.compile_module(self.compile_options)
         if self.cuda_graphs:
             from .cuda_graphs import install_graphed_forward
 

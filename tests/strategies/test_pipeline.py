@@ -442,6 +442,40 @@ def fit_one_stage(model, **pipeline):
     trainer.fit(model, stdlib_text_loader(16, batch_size=8, limit=16))
 
 
+def test_compile_under_a_pipeline_compiles_the_stage_blocks_and_trains_like_eager(own_group):
+    from torch._dynamo.utils import counters
+
+    try:
+        torch.compile(lambda x: x * 2)(torch.ones(2))
+    except Exception as err:  # noqa: BLE001  (no working compiler toolchain here)
+        pytest.skip(f"torch.compile does not work here: {err}"[:200])
+
+    def fit(compile):
+        torch.manual_seed(0)
+        model, losses = GPTModule(GPTConfig.tiny(n_layer=2)), []
+
+        class Losses(surge.Callback):
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+                losses.append(float(outputs["loss"]))
+
+        trainer = surge.Trainer(strategy=Pipeline(schedule="GPipe"), accelerator="cpu", devices=1, max_steps=3,
+                                logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                enable_model_summary=False, num_sanity_val_steps=0, compile=compile,
+                                callbacks=[Losses()])
+        trainer.fit(model, stdlib_text_loader(16, batch_size=8, limit=48))
+        return model, losses
+
+    eager, eager_losses = fit(False)
+    counters.clear()
+    compiled, compiled_losses = fit(True)
+    # self(x) under a pipeline only returns the last stage's output: what runs the model are the blocks
+    assert all(block._compiled_call_impl is not None for block in compiled.model.blocks)
+    assert all(block._compiled_call_impl is None for block in eager.model.blocks)
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    assert compiled_losses == pytest.approx(eager_losses, abs=1e-5)
+    assert set(compiled.state_dict()) == set(eager.state_dict())  # compiled in place: the same keys
+
+
 def test_training_step_calling_a_submodule_is_a_clear_error(own_group):
     class Submodule(GPTModule):
         def training_step(self, batch, batch_idx):  # self.model(x), not self(x): cannot work under a pipeline

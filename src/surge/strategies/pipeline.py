@@ -180,6 +180,16 @@ class Pipeline(DDP):
             # stage unscales and steps, so each needs that tensor from the start.
             scaler.scale(torch.ones((), device=self.root_device))
 
+    def compile_module(self, options: dict) -> None:
+        """Under a pipeline ``self(x)`` only hands back the last stage's output, and the schedule runs this
+        rank's stage modules: compile each of their blocks in place (one graph per block, as torchtitan
+        does), and the embedding and head modules around them."""
+        from ..compile import compile_module
+
+        for stage in self._stage_modules:
+            for part in (*stage.pre, *stage.body, *stage.post):
+                compile_module(part, options)
+
     @property
     def is_first(self) -> bool:
         return 0 in self._local

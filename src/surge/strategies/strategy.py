@@ -72,6 +72,13 @@ class Strategy:
         self.module = module
         self.model = module
 
+    def compile_module(self, options: dict) -> None:
+        """``Trainer(compile=...)``: compile, in place, what runs the model's forward; here the module's
+        call, ``self(x)`` (under DDP/FSDP: the user's module inside the wrapper)."""
+        from ..compile import compile_module
+
+        compile_module(self.module, options)
+
     def teardown(self) -> None:
         self.model = None
 
