@@ -1,5 +1,7 @@
 """Precision on the CPU: parameter dtypes, autocast, and the 16-mixed grad scaler skipping bad steps."""
 import copy
+import math
+import warnings
 
 import pytest
 import torch
@@ -142,6 +144,30 @@ def test_bf16_true_makes_params_bf16():
     assert model.seen[0][1:] == (torch.bfloat16, torch.bfloat16)
     assert model.seen[0][0] is torch.bfloat16  # floating inputs follow the parameters
     assert sum(model.losses[-4:]) < sum(model.losses[:4])
+
+
+class AdamModel(Model):
+    def __init__(self, eps):
+        super().__init__()
+        self.eps = eps
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-2, eps=self.eps)
+
+
+def test_16_true_warns_that_adams_default_eps_is_zero_in_float16():
+    # Adam's eps=1e-8 is 0 in float16: the first update divides by about 0 and the loss turns NaN
+    with pytest.warns(UserWarning, match=r"precision='16-true': Adam\(eps=1e-08\) is below torch.float16's smallest"):
+        make_trainer(max_steps=1, precision="16-true").fit(AdamModel(eps=1e-8), loader())
+    model = AdamModel(eps=1e-4)  # the fix the warning names: trains, stays finite, no warning
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*smallest normal number")
+        make_trainer(max_epochs=8, precision="16-true").fit(model, small_loader())
+    assert all(p.dtype is torch.float16 for p in model.parameters())
+    assert all(math.isfinite(v) for v in model.losses) and sum(model.losses[-4:]) < sum(model.losses[:4])
+    with warnings.catch_warnings():  # bf16 reaches 1e-38: its default eps is fine
+        warnings.filterwarnings("error", message=".*smallest normal number")
+        make_trainer(max_steps=2, precision="bf16-true").fit(AdamModel(eps=1e-8), loader())
 
 
 def test_true_precisions_leave_integer_inputs_alone():

@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from .utils import MisconfigurationError
+from .utils import MisconfigurationError, rank_zero_warn
 
 _ALIASES = {"32": "32-true", 32: "32-true", "32-true": "32-true",
             "64": "64-true", 64: "64-true", "64-true": "64-true",
@@ -59,6 +59,9 @@ class Precision:
         optimizer.step(closure)
         return True
 
+    def check_optimizers(self, optimizers: list) -> None:
+        """Warn about optimizer settings this precision cannot represent (after configure_optimizers)."""
+
     def state_dict(self) -> dict:
         return {}
 
@@ -82,6 +85,18 @@ class HalfPrecision(Precision):
         super().__init__(device)
         self.param_dtype = dtype
         self.name = "bf16-true" if dtype is torch.bfloat16 else "16-true"
+
+    def check_optimizers(self, optimizers: list) -> None:
+        # Adam's default eps (1e-8) is below float16's smallest number: it becomes 0, and the first
+        # update divides by a square root that has underflowed to 0 too (inf, then a NaN loss).
+        tiny = torch.finfo(self.param_dtype).smallest_normal
+        for optimizer in optimizers:
+            eps = [g["eps"] for g in optimizer.param_groups if isinstance(g.get("eps"), float)]
+            if eps and min(eps) < tiny:
+                rank_zero_warn(f"precision={self.name!r}: {type(optimizer).__name__}(eps={min(eps):g}) is below "
+                               f"{self.param_dtype}'s smallest normal number ({tiny:.3g}), so the optimizer divides "
+                               f"by about 0 and the loss soon turns NaN; pass eps=1e-4 or so, or use "
+                               f"precision='bf16-true' or '16-mixed'")
 
 
 class MixedPrecision(Precision):

@@ -598,6 +598,7 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
         else:
             self.optimizers, self.lr_scheduler_configs = parse_optimizers(returned)
         self._optimizer_handles = [OptimizerHandle(o, self) for o in self.optimizers]
+        self.strategy.precision.check_optimizers(self.optimizers)
         self._step_takes_opt_idx = len(self.optimizers) > 1 and self.module.automatic_optimization \
             and "optimizer_idx" in inspect.signature(self.module.training_step).parameters
         if len(self.optimizers) > 1 and self.module.automatic_optimization and not self._step_takes_opt_idx:
