@@ -254,15 +254,17 @@ def two_processes(tmp_path_factory, single):
 
 
 @pytest.fixture(scope="module")
-def four_processes(tmp_path_factory):
+def four_processes(tmp_path_factory, two_processes):
     """Every 4-process configuration in one launch: 4 stages; 2 stages x 2 replicas, replicated and sharded
-    (fsdp), the sharded one also resumed from a mid-epoch checkpoint."""
+    (fsdp), the sharded one also resumed from a mid-epoch checkpoint; a 2-stage checkpoint validated by 4 stages."""
+    two_stage_ckpt = str(two_processes.root / "1F1B" / "final.ckpt")
     configs = [config("four", 4, "1F1B"), config("2x2", 4, "1F1B", stages=2, steps=4, batch=8),
                config("2x2fsdp", 4, "1F1B", stages=2, steps=4, batch=8, dp="fsdp"),
                config("2x2fsdp_resume", 4, "1F1B", stages=2, steps=5, batch=8, dp="fsdp", mode="resume"),
                config("2x2_accum", 4, "1F1B", stages=2, steps=4, accum=2, crop=True),
                config("2x2fsdp_accum", 4, "1F1B", stages=2, steps=4, accum=2, crop=True, dp="fsdp"),
-               config("2x2fsdp_bf16", 4, "1F1B", stages=2, steps=4, precision="bf16-mixed", dp="fsdp")]
+               config("2x2fsdp_bf16", 4, "1F1B", stages=2, steps=4, precision="bf16-mixed", dp="fsdp"),
+               config("val_from_two", 4, "GPipe", steps=2, mode="validate", ckpt=two_stage_ckpt)]
     return launch(tmp_path_factory.mktemp("four_processes"), configs, timeout=540)
 
 
@@ -415,6 +417,19 @@ def test_checkpoints_move_between_single_device_and_pipeline(two_processes, sing
     out, ref = two_processes.out("val", range(2)), single.out("valref")
     assert result(out)["val_loss"] == pytest.approx(result(ref)["val_loss"], abs=1e-5)
     assert result(out, 1)["val_loss"] == pytest.approx(result(ref)["val_loss"], abs=1e-5)
+
+
+def test_a_two_stage_checkpoint_loads_into_four_stages_and_into_one_device(two_processes, four_processes):
+    ckpt = two_processes.out("1F1B", range(2)) / "final.ckpt"
+    out = four_processes.out("val_from_two", range(4))
+    torch.manual_seed(0)
+    model = GPTModule(GPTConfig.tiny(n_layer=4))
+    trainer = surge.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False)
+    expected = trainer.validate(model, stdlib_text_loader(16, batch_size=8, limit=32), ckpt_path=str(ckpt),
+                                verbose=False)[0]["val_loss"]
+    for r in range(4):  # every rank of the 4-stage pipeline reports the last stage's value
+        assert result(out, r)["val_loss"] == pytest.approx(expected, abs=1e-5)
 
 
 def test_pipeline_resumes_exactly_from_a_mid_epoch_checkpoint(two_processes):
