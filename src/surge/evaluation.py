@@ -1,8 +1,6 @@
 """The validation, test and predict loops (one epoch over each dataloader), part of the Trainer."""
 from __future__ import annotations
 
-import torch
-
 from .results import Results
 
 STAGE_PREFIX = {"validate": "validation", "sanity_check": "validation", "test": "test", "predict": "predict"}
@@ -31,9 +29,8 @@ class EvaluationLoops:
         self._results = results = Results(stage, self.strategy)
         was_training = module.training
         module.eval()
-        grad_ctx = torch.inference_mode if self.inference_mode else torch.no_grad
         per_loader_keys = []
-        with grad_ctx():
+        with self.strategy.evaluation_context(self.inference_mode):
             self._call(f"on_{prefix}_start")
             self._call(f"on_{prefix}_epoch_start")
             many = len(loaders) > 1
@@ -72,7 +69,7 @@ class EvaluationLoops:
         self._results = Results("predict", self.strategy)
         module.eval()
         all_outputs = []
-        with torch.inference_mode() if self.inference_mode else torch.no_grad():
+        with self.strategy.evaluation_context(self.inference_mode):
             self._call("on_predict_start")
             self._call("on_predict_epoch_start")
             many = len(loaders) > 1

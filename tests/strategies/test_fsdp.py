@@ -75,6 +75,17 @@ class Net(surge.Module):
         self.log("train_loss", loss, sync_dist=True)
         return loss
 
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.mse_loss(self(x), y), sync_dist=True)
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("test_loss", F.mse_loss(self(x), y), sync_dist=True)
+
+    def predict_step(self, batch, batch_idx):
+        return self(batch[0])
+
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=0.01, weight_decay=0.01)
 
@@ -104,7 +115,15 @@ def run(cfg, out):
                                 cfg["ckpt_dir"], every_n_train_steps=5, save_top_k=2, save_last=True)]
                             if "ckpt_dir" in cfg else None)
     # The global batch is 8: 8 // devices per rank.
-    trainer.fit(model, DataLoader(data(640), batch_size=8 // devices, shuffle=False), ckpt_path=cfg.get("resume"))
+    val = DataLoader(data(64), batch_size=8 // devices) if cfg.get("val") else None
+    trainer.fit(model, DataLoader(data(640), batch_size=8 // devices, shuffle=False), val,
+                ckpt_path=cfg.get("resume"))
+    evaluated = {}
+    if val is not None:  # the sanity check and a validation every epoch ran inside fit; then the other stages
+        evaluated["fit_val_loss"] = float(trainer.callback_metrics["val_loss"])
+        evaluated.update(trainer.validate(model, val, verbose=False)[0])
+        evaluated.update(trainer.test(model, val, verbose=False)[0])
+        evaluated["predictions"] = torch.cat(trainer.predict(model, val))
     if cfg.get("save"):
         trainer.save_checkpoint(cfg["save"])
     # A plain state dict of the trained weights, gathered (a collective: every rank).
@@ -121,7 +140,7 @@ def run(cfg, out):
         torch.save({"weights": {k: v.detach().clone() for k, v in sd.items()}, "losses": model.losses,
                     "step": trainer.global_step, "dtypes": sorted({str(p.dtype) for p in model.parameters()}),
                     "logged": float(trainer.callback_metrics["train_loss"]),
-                    "skipped": skipped}, os.path.join(out, "result.pt"))
+                    "skipped": skipped, "evaluated": evaluated}, os.path.join(out, "result.pt"))
 
 
 for cfg in configs:
@@ -211,6 +230,7 @@ def one_process(tmp_path_factory, four_ranks):
         config("single", 1, fsdp=False),
         config("single_acc", 1, fsdp=False, accumulate=2, clip=0.05, steps=10),
         config("resume1_plain", 1, fsdp=False, resume=half),
+        config("single_val", 1, fsdp=False, val=True, steps=80),
         config("resume1_fsdp", 1, resume=half),
     ], timeout=180)
 
@@ -233,6 +253,7 @@ def two_ranks(tmp_path_factory, four_ranks):
         config("resume_full", 2, resume=str(full / "full.ckpt")),
         config("fsdp2_fp16", 2, precision="16-mixed", steps=12),
         config("fsdp2_meta_bf16", 2, meta=True, ac=True, precision="bf16-mixed", steps=8),
+        config("fsdp2_val", 2, val=True, steps=80),
         config("resume2", 2, resume=str(four_ranks.root / "half.ckpt")),  # needs the 4-rank launch: last
     ], timeout=360)
 
@@ -251,6 +272,20 @@ def test_two_ranks_match_one_process(one_process, two_ranks):
     assert sharded["losses"] == pytest.approx(single["losses"], abs=1e-5)
     # self.log(sync_dist=True) under FSDP: the mean of the ranks' losses, as under DDP
     assert sharded["logged"] == pytest.approx(single["logged"], abs=1e-4)
+
+
+def test_validate_test_and_predict_under_fsdp_match_one_process(one_process, two_ranks):
+    # The sanity check, the end-of-epoch validation inside fit, then validate / test / predict: FSDP's
+    # evaluation forward runs under no_grad (inference tensors would break its gathered parameters).
+    single, sharded = one_process.result("single_val"), two_ranks.result("fsdp2_val")
+    assert sharded["step"] == single["step"] == 80  # one epoch of 640 / 8: it validated and went on training
+    _assert_close(single["weights"], sharded["weights"])
+    want, got = single["evaluated"], sharded["evaluated"]
+    assert set(got) == {"fit_val_loss", "val_loss", "test_loss", "predictions"}
+    for key in ("fit_val_loss", "val_loss", "test_loss"):
+        assert got[key] == pytest.approx(want[key], abs=1e-5), key
+    assert got["val_loss"] == pytest.approx(got["fit_val_loss"], abs=1e-6)
+    torch.testing.assert_close(got["predictions"], want["predictions"], atol=1e-5, rtol=1e-5)  # in dataset order
 
 
 def test_accumulation_and_clipping_match_one_process(one_process, two_ranks):

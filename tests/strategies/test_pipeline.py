@@ -264,7 +264,9 @@ def four_processes(tmp_path_factory, two_processes):
                config("2x2_accum", 4, "1F1B", stages=2, steps=4, accum=2, crop=True),
                config("2x2fsdp_accum", 4, "1F1B", stages=2, steps=4, accum=2, crop=True, dp="fsdp"),
                config("2x2fsdp_bf16", 4, "1F1B", stages=2, steps=4, precision="bf16-mixed", dp="fsdp"),
-               config("val_from_two", 4, "GPipe", steps=2, mode="validate", ckpt=two_stage_ckpt)]
+               config("val_from_two", 4, "GPipe", steps=2, mode="validate", ckpt=two_stage_ckpt),
+               config("val_fsdp_from_two", 4, "1F1B", stages=2, steps=2, mode="validate", ckpt=two_stage_ckpt,
+                      dp="fsdp")]
     return launch(tmp_path_factory.mktemp("four_processes"), configs, timeout=540)
 
 
@@ -430,6 +432,12 @@ def test_a_two_stage_checkpoint_loads_into_four_stages_and_into_one_device(two_p
                                 verbose=False)[0]["val_loss"]
     for r in range(4):  # every rank of the 4-stage pipeline reports the last stage's value
         assert result(out, r)["val_loss"] == pytest.approx(expected, abs=1e-5)
+    # 2 stages sharded over 2 replicas (evaluated under no_grad: FSDP cannot gather into inference
+    # tensors): each replica reports the mean over its half of the data
+    out = four_processes.out("val_fsdp_from_two", range(4))
+    halves = [result(out, r)["val_loss"] for r in range(4)]
+    assert halves[0] == halves[1] and halves[2] == halves[3]
+    assert (halves[0] + halves[2]) / 2 == pytest.approx(expected, abs=1e-5)
 
 
 def test_pipeline_resumes_exactly_from_a_mid_epoch_checkpoint(two_processes):

@@ -232,6 +232,11 @@ class FSDP(DDP):
                     m.reshard()
         return output
 
+    def evaluation_context(self, inference_mode: bool):
+        # Never inference_mode: the parameters FSDP gathers for an evaluation forward would be inference
+        # tensors, which FSDP's own bookkeeping (version counters) and the next training step cannot use.
+        return torch.no_grad()
+
     @contextlib.contextmanager
     def no_backward_sync(self, active: bool):
         """On the micro-batches before the last of an accumulation window: no reduce-scatter, and the

@@ -243,6 +243,11 @@ class Pipeline(DDP):
         replay_logs(self.module, logs, self.dp, self.dp_group, device)
         return result
 
+    def evaluation_context(self, inference_mode: bool):
+        if self.data_parallel == "fsdp":  # as under strategy="fsdp": FSDP cannot gather into inference tensors
+            return torch.no_grad()
+        return super().evaluation_context(inference_mode)
+
     def _inputs_of(self, batch) -> torch.Tensor:
         """What the first stage takes: ``pipeline_inputs(batch)`` if the module defines it, else ``batch[0]``
         of a tuple or list, or the batch itself."""

@@ -142,6 +142,11 @@ class Strategy:
     def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
         self.precision.backward(loss, *args, **kwargs)
 
+    def evaluation_context(self, inference_mode: bool):
+        """What validate / test / predict (and the sanity check) run under: ``torch.inference_mode`` when
+        the Trainer's ``inference_mode=True`` (the default), else ``torch.no_grad``."""
+        return torch.inference_mode() if inference_mode else torch.no_grad()
+
     def no_backward_sync(self, active: bool):
         """Context under which backward does not synchronise gradients (accumulation micro-batches)."""
         return _NOTHING
