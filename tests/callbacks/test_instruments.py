@@ -82,6 +82,35 @@ def test_throughput_flops_mfu_and_rates_are_written(tmp_path):
     assert len(frac) == 3 and all(0 <= v <= 1 for v in frac)
 
 
+class GradientPenalty(Linear):
+    """A step that calls torch.autograd.grad (a WGAN-GP style penalty on the input gradient)."""
+
+    @staticmethod
+    def loss(forward, x, y):
+        x = x.requires_grad_(True)
+        out = forward(x)
+        (grad_x,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+        return F.mse_loss(out, y) + grad_x.pow(2).mean()
+
+    def training_step(self, batch, batch_idx):
+        return self.loss(self.layer, *batch)
+
+
+def test_throughput_counts_flops_of_a_step_that_calls_autograd_grad(tmp_path):
+    # torch's FlopCounterMode hooks every module's outputs to attribute FLOPs per module, and those hooks
+    # fail inside torch.autograd.grad; the monitor counts totals only, so the run goes on.
+    monitor = ThroughputMonitor(window=2)
+    model = GradientPenalty()
+    trainer(tmp_path, [monitor], max_epochs=1, logger=False).fit(model, loader(n=4 * BATCH))
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, y = next(iter(loader()))
+    weight = model.layer.weight.detach().clone().requires_grad_(True)
+    with FlopCounterMode(display=False) as counter:  # the same step with no module: nothing to hook
+        GradientPenalty.loss(lambda v: F.linear(v, weight), x.clone(), y).backward()
+    assert monitor.flops_per_batch == counter.get_total_flops() > 2 * (2 * BATCH * IN * OUT)
+
+
 class TokenBatches(Dataset):
     def __len__(self):
         return 12

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, default_collate
 import surge
 from surge.loggers import CSVLogger
 from surge.strategies import Pipeline
+from surge.callbacks import ThroughputMonitor
 from surge.demos.gpt import GPTConfig, GPTModule, stdlib_text_loader
 
 root = sys.argv[1]
@@ -121,7 +122,9 @@ def run(c, out):
     torch.manual_seed(0)
     model, grab, steps = SGDGPT(GPTConfig.tiny(n_layer=4)), Grab(out), c["steps"]
     if c["mode"] == "fit":
-        trainer = trainer_for(c, steps, [grab], logger=CSVLogger(out, name="csv", version=0))
+        monitor = ThroughputMonitor(window=1)  # FLOPs counted on the second batch, inside the schedule
+        trainer = trainer_for(c, steps, [grab] + ([monitor] if c["throughput"] else []),
+                              logger=CSVLogger(out, name="csv", version=0))
         trainer.fit(model, loader(c))
         trainer.save_checkpoint(f"{out}/final.ckpt")
         result = {"losses": grab.losses, "metric": float(trainer.callback_metrics["train_loss"]),
@@ -129,6 +132,8 @@ def run(c, out):
                   # this rank's share of its stage's parameters (fsdp: the local shards)
                   "numel": [sum(getattr(p, "to_local", lambda: p)().numel() for p in model.parameters()),
                             sum(p.numel() for p in model.parameters())]}
+        if c["throughput"]:
+            result["flops"] = monitor.flops_per_batch
         scaler = getattr(trainer.strategy.precision, "scaler", None)
         if scaler is not None:  # "16-mixed": the steps skipped for inf gradients, and the scale after them
             result.update(skipped=trainer.strategy.precision.skipped_steps, scale=float(scaler.get_scale()))
@@ -172,10 +177,10 @@ TWO_STAGE = [c for c in CASES if c[0] in schedule_names()]
 
 
 def config(name, devices, schedule, stages=0, virtual=1, micro=4, steps=STEPS, batch=8, mode="fit", ckpt=None,
-           dp="replicate", precision="32-true", accum=1, crop=False, inf_at=None):
+           dp="replicate", precision="32-true", accum=1, crop=False, inf_at=None, throughput=False):
     return dict(name=name, devices=devices, schedule=schedule, stages=stages, virtual=virtual, micro=micro,
                 steps=steps, batch=batch, mode=mode, ckpt=ckpt, dp=dp, precision=precision, accum=accum, crop=crop,
-                inf_at=inf_at)
+                inf_at=inf_at, throughput=throughput)
 
 
 @dataclasses.dataclass
@@ -232,7 +237,7 @@ def single(tmp_path_factory):
                         config("ref_accum", 1, "single", steps=4, batch=16, accum=2, crop=True),
                         config("ref_bf16", 1, "single", steps=4, batch=16, precision="bf16-mixed"),
                         config("single_fp16", 1, "single", steps=6, precision="16-mixed", inf_at=2),
-                        config("single_bf16true", 1, "single", steps=4, precision="bf16-true")],
+                        config("single_bf16true", 1, "single", steps=4, precision="bf16-true", throughput=True)],
                  timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     return run
@@ -248,7 +253,7 @@ def two_processes(tmp_path_factory, single):
     configs += [config("resume", 2, "1F1B", steps=5, mode="resume"),
                 config("val", 2, "GPipe", steps=2, mode="validate", ckpt=ckpt),
                 config("fp16", 2, "1F1B", steps=6, precision="16-mixed", inf_at=2),
-                config("bf16true", 2, "1F1B", steps=4, precision="bf16-true")]
+                config("bf16true", 2, "1F1B", steps=4, precision="bf16-true", throughput=True)]
     configs += [config(s, d, s, virtual=v) for s, d, v in TWO_STAGE if s not in ("GPipe", "1F1B")]
     return launch(tmp_path_factory.mktemp("two_processes"), configs, timeout=540)
 
@@ -395,6 +400,10 @@ def test_bf16_true_pipeline_trains_bf16_weights_like_one_device(two_processes, s
     assert {v.dtype for v in w.values() if v.is_floating_point()} == {torch.bfloat16}
     for name in w_ref:
         torch.testing.assert_close(w[name].float(), w_ref[name].float(), atol=3e-2, rtol=3e-2, msg=name)
+    # ThroughputMonitor inside the schedule: each stage counts its own FLOPs (forward and backward of every
+    # micro-batch), and together they are the whole model's on one device
+    flops = [result(out, r)["flops"] for r in range(2)]
+    assert all(f > 0 for f in flops) and sum(flops) == result(ref)["flops"]
 
 
 def test_fsdp_inside_a_stage_shards_it_and_checkpoints_whole(four_processes):

@@ -62,6 +62,20 @@ def _num_tokens(batch: Any) -> Any:
     return getattr(batch, "num_tokens", None)
 
 
+class _TotalOnly:
+    """Stands in for FlopCounterMode's module tracker: only the total is wanted here, and the tracker's
+    autograd hooks on every module's inputs and outputs fail inside ``torch.autograd.grad`` (a pipeline
+    schedule's first step, zero-bubble backward, a gradient penalty), which would end the run."""
+
+    parents = {"Global"}  # where FlopCounterMode adds every count: what get_total_flops() sums
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
 class ThroughputMonitor(Callback):
     """Log speed and efficiency every ``window`` training batches, and diagnose slow data loading.
 
@@ -73,16 +87,17 @@ class ThroughputMonitor(Callback):
     * ``throughput/flops_per_sec``, ``throughput/total_flops_per_sec`` and ``throughput/mfu`` (the
       fraction of the device's dense peak, from :data:`DEVICE_PEAK_TFLOPS` for the run's matmul
       dtype, or ``peak_flops``). FLOPs per batch are ``flops_per_batch`` if given, else counted once
-      with ``torch.utils.flop_counter.FlopCounterMode`` over the whole first training batch, forward
-      *and* backward as really run (not "3 x forward"); counted ops are matmuls, convolutions and
-      attention, the usual MFU convention. A batch whose shapes vary (sequence length) needs
+      with ``torch.utils.flop_counter.FlopCounterMode`` over the whole second training batch (the first
+      one warms up: lazy set-up, compilation, a pipeline schedule's shape inference, which runs an
+      extra forward and backward), forward *and* backward as really run (not "3 x forward"); counted
+      ops are matmuls, convolutions and attention, the usual MFU convention. A batch whose shapes vary (sequence length) needs
       ``flops_per_batch``; so does a model under ``torch.compile`` if counting fails (a warning says so).
     * ``time/data_wait_frac``: the share of the window spent between one batch's end and the next
       one's start, which is fetching the batch from the DataLoader and moving it to the device (plus
       the few other callbacks run there); ``time/data_wait_ms`` and ``time/batch_ms`` per batch.
       When waiting passes ``data_wait_warn_frac`` over a window a one-time warning names the fix.
 
-    The first batch (warm-up, and the FLOP count) is not timed; validation and epoch ends are left
+    The first batch (warm-up) and the one whose FLOPs are counted are not timed; validation and epoch ends are left
     out of the windows. Times are host wall-clock; the device is synchronised once per window, at
     its end, never per batch.
 
@@ -91,7 +106,7 @@ class ThroughputMonitor(Callback):
         batch_size_fn: ``batch -> samples`` (default: the first dimension of the first tensor).
         tokens_fn: ``batch -> tokens`` (an int or a tensor; tensors are summed on device).
         flops_per_batch: FLOPs of one training batch (forward + backward) on one rank.
-        measure_flops: count FLOPs on the first batch when ``flops_per_batch`` is not given.
+        measure_flops: count FLOPs on the second batch when ``flops_per_batch`` is not given.
         peak_flops: this device's peak FLOP/s for MFU (default: looked up from the device name).
         data_wait_warn_frac: warn once when waiting for data exceeds this share of a window.
 
@@ -126,6 +141,7 @@ class ThroughputMonitor(Callback):
         self._world = 1
         self._counter = None
         self._measured = False
+        self._warmed = False  # the first batch (lazy set-up, compilation, shape inference) is done
         self._warned = False
         self._window_t0: Optional[float] = None  # None until the first (untimed) batch is done
         self._last_end: Optional[float] = None  # when the previous batch ended: the data wait starts
@@ -165,13 +181,15 @@ class ThroughputMonitor(Callback):
         now = time.perf_counter()
         if self._window_t0 is not None and self._last_end is not None:
             self._wait += now - self._last_end
-        if not self._measured and self.flops_per_batch is None and self.measure_flops:
+        if self._warmed and not self._measured and self.flops_per_batch is None and self.measure_flops:
             self._start_counting()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
-        if self._counter is not None:
+        counted = self._counter is not None
+        if counted:
             self._stop_counting()
-        if self._window_t0 is None:  # the first batch: warm-up, not timed
+        if self._window_t0 is None or counted:  # warm-up, or the batch the FLOP counter slowed: not timed
+            self._warmed = True
             self._clear_window()
             self._window_t0 = self._last_end = time.perf_counter()
             return
@@ -217,6 +235,7 @@ class ThroughputMonitor(Callback):
         self._measured = True
         try:
             counter = FlopCounterMode(display=False)
+            counter.mod_tracker = _TotalOnly()
             counter.__enter__()
         except Exception as err:  # pragma: no cover - depends on the torch build
             rank_zero_warn(f"ThroughputMonitor: cannot count FLOPs ({err}); pass flops_per_batch=... for MFU")
