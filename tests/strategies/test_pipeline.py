@@ -535,6 +535,20 @@ def test_training_step_calling_a_submodule_is_a_clear_error(own_group):
     assert "Call self(x) exactly once, not a submodule" in str(err.value)
 
 
+@pytest.mark.skipif("ZBVZeroBubble" not in schedule_names(), reason="this torch has no ZBVZeroBubble")
+def test_evaluation_under_a_v_schedule_is_a_clear_error(own_group):
+    # torch's ScheduleZBVZeroBubble.eval() fails on an assertion deep in the schedule: say so at the
+    # first validation batch (the sanity check), on every rank alike, with what to do instead
+    trainer = surge.Trainer(strategy=Pipeline(schedule="ZBVZeroBubble", virtual_stages=2), accelerator="cpu",
+                            devices=1, max_steps=1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False)
+    torch.manual_seed(0)
+    with pytest.raises(MisconfigurationError, match=re.escape("Pipeline(schedule='ZBVZeroBubble') cannot run "
+                                                              "validation (or the sanity check)")):
+        trainer.fit(GPTModule(GPTConfig.tiny(n_layer=2)), stdlib_text_loader(16, batch_size=8, limit=16),
+                    stdlib_text_loader(16, batch_size=8, limit=16))
+
+
 def test_batch_not_divisible_by_microbatches_is_a_clear_error(own_group):
     torch.manual_seed(0)
     with pytest.raises(MisconfigurationError, match=re.escape("does not split into Pipeline(microbatches=3)")):

@@ -208,6 +208,14 @@ class Pipeline(DDP):
         if training and not self.module.automatic_optimization:
             raise MisconfigurationError("strategy='pipeline' runs backward inside its schedule: manual optimization "
                                         "(automatic_optimization=False) is not supported")
+        if not training and _SCHEDULES[self.schedule][2] == "v":
+            # torch's V schedules hand activations between the two stages of a process through their
+            # backward buffers, also in eval(), which then fails on an assertion (seen with torch 2.13).
+            raise MisconfigurationError(
+                f"Pipeline(schedule={self.schedule!r}) cannot run {stage} (or the sanity check): torch "
+                f"{torch.__version__}'s forward-only eval() of this schedule fails. Train with it without a "
+                f"validation loader (or num_sanity_val_steps=0, limit_val_batches=0), then validate, test or "
+                f"predict with another schedule: the checkpoint loads into any pipeline layout")
         inputs = self._inputs_of(batch)
         size = inputs.shape[0]
         if size % self.microbatches:
