@@ -90,15 +90,16 @@ class ThroughputMonitor(Callback):
       with ``torch.utils.flop_counter.FlopCounterMode`` over the whole second training batch (the first
       one warms up: lazy set-up, compilation, a pipeline schedule's shape inference, which runs an
       extra forward and backward), forward *and* backward as really run (not "3 x forward"); counted
-      ops are matmuls, convolutions and attention, the usual MFU convention. A batch whose shapes vary (sequence length) needs
-      ``flops_per_batch``; so does a model under ``torch.compile`` if counting fails (a warning says so).
+      ops are matmuls, convolutions and attention, the usual MFU convention. A batch whose shapes vary
+      (sequence length) needs ``flops_per_batch``; so does a model under ``torch.compile`` if counting
+      fails (a warning says so).
     * ``time/data_wait_frac``: the share of the window spent between one batch's end and the next
       one's start, which is fetching the batch from the DataLoader and moving it to the device (plus
       the few other callbacks run there); ``time/data_wait_ms`` and ``time/batch_ms`` per batch.
       When waiting passes ``data_wait_warn_frac`` over a window a one-time warning names the fix.
 
-    The first batch (warm-up) and the one whose FLOPs are counted are not timed; validation and epoch ends are left
-    out of the windows. Times are host wall-clock; the device is synchronised once per window, at
+    The first batch (warm-up) and the one whose FLOPs are counted are not timed; validation and epoch
+    ends are left out of the windows. Times are host wall-clock; the device is synchronised once per window, at
     its end, never per batch.
 
     Args:
