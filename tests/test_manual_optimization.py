@@ -302,3 +302,39 @@ def test_manual_with_accumulate_grad_batches_is_an_error():
 
     with pytest.raises(MisconfigurationError, match="accumulate_grad_batches"):
         make_trainer(max_epochs=1, accumulate_grad_batches=2).fit(Manual(), DataLoader(data(), batch_size=8))
+
+
+# ---------------------------------------------------------------------------------------- strategies that cannot
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "pipeline"])
+def test_manual_optimization_under_ddp_fsdp_or_pipeline_is_a_clear_error(strategy, monkeypatch):
+    # Under DDP the second step crashed inside DDP's forward; under FSDP it trained on the wrong
+    # gradients without a word: fit refuses before the first batch, naming the strategy and the reason.
+    import torch.distributed as dist
+
+    from surge.demos.gpt import GPTConfig, GPTModule, stdlib_text_loader
+    from surge.launch import find_free_port
+    from surge.utils import MisconfigurationError
+
+    class Manual(GPTModule):
+        def __init__(self):
+            super().__init__(GPTConfig.tiny(n_layer=2))
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            opt.zero_grad()
+            self.manual_backward(super().training_step(batch, batch_idx))
+            opt.step()
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID", "SURGE_LAUNCHER_PID"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(find_free_port()))
+    trainer = make_trainer(strategy=strategy, max_steps=2)
+    try:
+        with pytest.raises(MisconfigurationError, match=rf"Manual sets automatic_optimization = False, which "
+                                                        rf"strategy='{strategy}' cannot train yet: .+ Use automatic"):
+            trainer.fit(Manual(), stdlib_text_loader(16, batch_size=8, limit=32))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -606,6 +606,12 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
                 f"configure_optimizers returned {len(self.optimizers)} optimizers under automatic optimisation, so "
                 f"training_step must take an `optimizer_idx` argument: training_step(self, batch, batch_idx, optimizer_idx)"
             )
+        reason = self.strategy.manual_optimization_unsupported
+        if not self.module.automatic_optimization and reason:
+            raise MisconfigurationError(
+                f"{type(self.module).__name__} sets automatic_optimization = False, which strategy="
+                f"{self.strategy.name!r} cannot train yet: {reason}. Use automatic optimization (several "
+                f"optimizers: training_step(self, batch, batch_idx, optimizer_idx)), or one device")
         if not self.module.automatic_optimization and self.accumulate_grad_batches > 1:
             raise MisconfigurationError(
                 f"accumulate_grad_batches={self.accumulate_grad_batches} does nothing under manual optimisation "

@@ -59,6 +59,9 @@ class DDP(NamedCollectives, Strategy):
     """
 
     name = "ddp"
+    manual_optimization_unsupported = (
+        "DDP prepares its gradient all-reduce when its forward returns, and training_step, where "
+        "manual_backward runs, is inside that forward, so the gradients would never be synchronised")
 
     def __init__(self, find_unused_parameters: bool = False, static_graph: bool = False,
                  gradient_as_bucket_view: bool = False, timeout: timedelta = timedelta(minutes=30),

@@ -87,6 +87,9 @@ class FSDP(DDP):
     """
 
     name = "fsdp"
+    manual_optimization_unsupported = (
+        "the root FSDP unit wraps training_step, so a manual_backward inside it would leave that unit's "
+        "gradients unreduced and the optimizer would step on the wrong ones")
 
     def __init__(self, auto_wrap: Union[None, set, list, tuple, Callable[[nn.Module], bool]] = None,
                  reshard_after_forward: bool = True, mixed_precision=None, cpu_offload: bool = False,

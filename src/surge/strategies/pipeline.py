@@ -93,6 +93,7 @@ class Pipeline(DDP):
 
     name = "pipeline"
     owns_backward = True
+    manual_optimization_unsupported = "it runs the backward inside its schedule"
 
     def __init__(self, stages: Optional[int] = None, split_points: Optional[list] = None, schedule: str = "1F1B",
                  microbatches: int = 4, virtual_stages: int = 1, data_parallel: str = "replicate",
@@ -205,9 +206,6 @@ class Pipeline(DDP):
         backward), once on the whole batch in evaluation and prediction. What the step logs and returns is
         then sent from the last stage to every stage of the pipeline."""
         training = stage == "training"
-        if training and not self.module.automatic_optimization:
-            raise MisconfigurationError("strategy='pipeline' runs backward inside its schedule: manual optimization "
-                                        "(automatic_optimization=False) is not supported")
         if not training and _SCHEDULES[self.schedule][2] == "v":
             # torch's V schedules hand activations between the two stages of a process through their
             # backward buffers, also in eval(), which then fails on an assertion (seen with torch 2.13).

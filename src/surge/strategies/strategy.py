@@ -34,6 +34,8 @@ class Strategy:
     """Base class. Subclasses set up processes and wrap the module; the Trainer calls only these methods."""
 
     name = "base"
+    # Why fit cannot run a module with automatic_optimization = False here (None: it can).
+    manual_optimization_unsupported: Optional[str] = None
 
     def __init__(self) -> None:
         self.accelerator: str = "cpu"
