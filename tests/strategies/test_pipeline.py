@@ -301,6 +301,20 @@ def csv_column(out, name):
         return [float(row[name]) for row in csv.DictReader(f) if row.get(name)]
 
 
+def replica_mean_losses(out):
+    """2 stages x 2 replicas: the mean of the losses the replicas report, each on its own half of the
+    global batch (ranks 0-1 are replica 0, ranks 2-3 replica 1)."""
+    return [(a + b) / 2 for a, b in zip(result(out, 0)["losses"], result(out, 2)["losses"])]
+
+
+def assert_weights_close(out, ref, atol=2e-5, rtol=1e-4):
+    """The whole-model checkpoint rank 0 of ``out`` wrote against ``ref``'s, name by name (in float32)."""
+    w, w_ref = weights(out), weights(ref)
+    assert sorted(w) == sorted(w_ref)
+    for name in w_ref:
+        torch.testing.assert_close(w[name].float(), w_ref[name].float(), atol=atol, rtol=rtol, msg=name)
+
+
 def assert_same_as_single(out, single, ranks):
     mine, ref = result(out), result(single)
     assert mine["losses"] == pytest.approx(ref["losses"], abs=1e-5)
@@ -318,10 +332,7 @@ def assert_same_as_single(out, single, ranks):
     assert sorted(g) == sorted(g_ref)  # every parameter got its gradient, under its original name
     for name in g_ref:
         torch.testing.assert_close(g[name], g_ref[name], atol=1e-6, rtol=1e-4, msg=name)
-    w, w_ref = weights(out), weights(single)
-    assert sorted(w) == sorted(w_ref)  # a whole-model checkpoint, gathered on rank 0
-    for name in w_ref:
-        torch.testing.assert_close(w[name], w_ref[name], atol=2e-5, rtol=1e-4, msg=name)
+    assert_weights_close(out, single)  # a whole-model checkpoint, gathered on rank 0
 
 
 @pytest.mark.parametrize("schedule, devices, virtual", TWO_STAGE)
@@ -339,15 +350,11 @@ def test_four_stage_pipeline_matches_single_device(four_processes, single):
 def test_two_by_two_trains_gpt_like_one_device_on_the_global_batch(four_processes, single, name):
     # 2 stages x 2 replicas, 8 samples per replica == one device on batches of 16.
     out, ref = four_processes.out(name, range(4)), single.out("ref")
-    # Each replica reports the loss of its own half (ranks 0-1 are replica 0, ranks 2-3 replica 1).
-    halves = zip(result(out, 0)["losses"], result(out, 2)["losses"])
-    assert [(a + b) / 2 for a, b in halves] == pytest.approx(result(ref)["losses"], abs=1e-5)
+    assert replica_mean_losses(out) == pytest.approx(result(ref)["losses"], abs=1e-5)
     assert result(ref)["losses"][-1] < result(ref)["losses"][0]  # it learns
     for r in range(4):  # sync_dist=True: the mean over the replicas, the same on every rank
         assert result(out, r)["mine"]["my_loss_synced"] == pytest.approx(result(ref)["losses"][-1], abs=1e-5)
-    w, w_ref = weights(out), weights(ref)
-    for name in w_ref:
-        torch.testing.assert_close(w[name], w_ref[name], atol=2e-5, rtol=1e-4, msg=name)
+    assert_weights_close(out, ref)
 
 
 @pytest.mark.parametrize("name", ["2x2_accum", "2x2fsdp_accum"])
@@ -357,23 +364,18 @@ def test_accumulation_over_batches_of_different_shapes_matches_one_device(four_p
     # gradients so far (torch clears them on FSDP modules after inferring the new shapes).
     out, ref = four_processes.out(name, range(4)), single.out("ref_accum")
     assert len(result(ref)["losses"]) == 8  # batches: 4 optimizer steps of 2
-    halves = zip(result(out, 0)["losses"], result(out, 2)["losses"])
-    assert [(a + b) / 2 for a, b in halves] == pytest.approx(result(ref)["losses"], abs=1e-5)
-    w, w_ref = weights(out), weights(ref)
-    for name in w_ref:
-        torch.testing.assert_close(w[name], w_ref[name], atol=2e-5, rtol=1e-4, msg=name)
+    assert replica_mean_losses(out) == pytest.approx(result(ref)["losses"], abs=1e-5)
+    assert_weights_close(out, ref)
 
 
 def test_fsdp_inside_stages_trains_in_bf16_mixed_like_one_device(four_processes, single):
     out, ref = four_processes.out("2x2fsdp_bf16", range(4)), single.out("ref_bf16")
     losses = result(ref)["losses"]
     assert losses[-1] < losses[0]
-    halves = zip(result(out, 0)["losses"], result(out, 2)["losses"])
-    assert [(a + b) / 2 for a, b in halves] == pytest.approx(losses, abs=2e-2)  # bf16: ~3 significant digits
+    assert replica_mean_losses(out) == pytest.approx(losses, abs=2e-2)  # bf16: ~3 significant digits
     w, w_ref = weights(out), weights(ref)
     assert all(v.dtype == w_ref[k].dtype for k, v in w.items())  # float32 master weights, as on one device
-    for name in w_ref:
-        torch.testing.assert_close(w[name], w_ref[name], atol=2e-2, rtol=2e-2, msg=name)
+    assert_weights_close(out, ref, atol=2e-2, rtol=2e-2)
 
 
 def test_fp16_pipeline_scales_the_loss_and_every_stage_skips_an_inf_step(two_processes, single):
@@ -385,9 +387,7 @@ def test_fp16_pipeline_scales_the_loss_and_every_stage_skips_an_inf_step(two_pro
         assert result(out, r)["skipped"] == 1
         assert result(out, r)["scale"] == result(ref)["scale"]
     assert result(out)["losses"] == pytest.approx(result(ref)["losses"], abs=1e-3)
-    w, w_ref = weights(out), weights(ref)
-    for name in w_ref:
-        torch.testing.assert_close(w[name], w_ref[name], atol=1e-3, rtol=1e-3, msg=name)
+    assert_weights_close(out, ref, atol=1e-3, rtol=1e-3)
 
 
 def test_bf16_true_pipeline_trains_bf16_weights_like_one_device(two_processes, single):
@@ -396,10 +396,8 @@ def test_bf16_true_pipeline_trains_bf16_weights_like_one_device(two_processes, s
     assert losses[-1] < losses[0]
     # bf16 steps 1/32 between 4 and 8: the micro-batches' mean loss may round one or two steps apart
     assert result(out)["losses"] == pytest.approx(losses, abs=0.07)
-    w, w_ref = weights(out), weights(ref)
-    assert {v.dtype for v in w.values() if v.is_floating_point()} == {torch.bfloat16}
-    for name in w_ref:
-        torch.testing.assert_close(w[name].float(), w_ref[name].float(), atol=3e-2, rtol=3e-2, msg=name)
+    assert {v.dtype for v in weights(out).values() if v.is_floating_point()} == {torch.bfloat16}
+    assert_weights_close(out, ref, atol=3e-2, rtol=3e-2)
     # ThroughputMonitor inside the schedule: each stage counts its own FLOPs (forward and backward of every
     # micro-batch), and together they are the whole model's on one device
     flops = [result(out, r)["flops"] for r in range(2)]
