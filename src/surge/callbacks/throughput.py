@@ -142,9 +142,9 @@ class ThroughputMonitor(Callback):
         self._world = 1
         self._counter = None
         self._measured = False
-        self._warmed = False  # the first batch (lazy set-up, compilation, shape inference) is done
         self._warned = False
-        self._window_t0: Optional[float] = None  # None until the first (untimed) batch is done
+        # None until the first batch (warm-up: lazy set-up, compilation, shape inference) is done
+        self._window_t0: Optional[float] = None
         self._last_end: Optional[float] = None  # when the previous batch ended: the data wait starts
         self._pause_t0: Optional[float] = None
         self._clear_window()
@@ -182,7 +182,7 @@ class ThroughputMonitor(Callback):
         now = time.perf_counter()
         if self._window_t0 is not None and self._last_end is not None:
             self._wait += now - self._last_end
-        if self._warmed and not self._measured and self.flops_per_batch is None and self.measure_flops:
+        if self._window_t0 is not None and not self._measured and self.flops_per_batch is None and self.measure_flops:
             self._start_counting()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
@@ -190,7 +190,6 @@ class ThroughputMonitor(Callback):
         if counted:
             self._stop_counting()
         if self._window_t0 is None or counted:  # warm-up, or the batch the FLOP counter slowed: not timed
-            self._warmed = True
             self._clear_window()
             self._window_t0 = self._last_end = time.perf_counter()
             return
