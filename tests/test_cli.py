@@ -185,3 +185,67 @@ def test_demo_run_is_reproduced_by_surge_fit_with_its_saved_config(tmp_path, mon
     first = state_dict_of(tmp_path / "surge_logs" / "version_0" / "checkpoints" / "last.ckpt")
     second = state_dict_of(tmp_path / "surge_logs" / "version_1" / "checkpoints" / "last.ckpt")
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def write_boring_yaml(path, root):
+    path.write_text(
+        "seed_everything: 0\n"
+        "model:\n  class_path: BoringModel\n  init_args: {lr: 0.05}\n"
+        "data:\n  class_path: BoringDataModule\n"
+        "trainer:\n"
+        "  max_epochs: 2\n  limit_train_batches: 3\n  limit_val_batches: 2\n  num_sanity_val_steps: 0\n"
+        "  enable_progress_bar: false\n  enable_model_summary: false\n"
+        f"  default_root_dir: {root}\n"
+        f"  logger: {{class_path: surge.loggers.CSVLogger, init_args: {{save_dir: {root}}}}}\n"
+        "  callbacks:\n"
+        "    - class_path: surge.callbacks.ModelCheckpoint\n"
+        "      init_args: {monitor: val_loss, save_top_k: 1, save_last: true, every_n_epochs: 1}\n"
+    )
+    return str(path)
+
+
+def test_test_with_ckpt_path_best_in_a_new_process_uses_the_runs_best_checkpoint(tmp_path, capsys):
+    run_yaml = write_boring_yaml(tmp_path / "run.yaml", tmp_path)
+    assert main(["fit", "--config", run_yaml]) == 0
+    run = tmp_path / "surge_logs" / "version_0"
+    state = next(v for k, v in torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"].items()
+                 if k.startswith("ModelCheckpoint"))
+    best = state["best_model_path"]
+    assert os.path.isfile(best) and os.path.basename(best) != "last.ckpt"
+    # A new process: nothing in memory knows the best checkpoint; the run's saved state does.
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "surge"), "test", "--config", run_yaml,
+                           "--ckpt_path", "best"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"surge: test with the weights of {best} (saved at global step" in proc.stdout
+    assert "test_loss" in proc.stdout and "Traceback" not in proc.stderr
+    # run.yaml found the run by the model's hyperparameters; the config saved in the run's folder names the run
+    # itself, whatever is changed for this command
+    capsys.readouterr()
+    assert main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", "best", "--verbose", "false",
+                 "--model.lr", "0.5"]) == 0
+    assert f"with the weights of {best}" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # the same change with run.yaml: no run of these hyperparameters
+        main(["test", "--config", run_yaml, "--ckpt_path", "best", "--model.lr", "0.5"])
+    assert "other hyperparameters: lr 0.5 here, 0.05 there" in capsys.readouterr().err
+
+
+def test_command_errors_are_one_line_and_leave_no_empty_run_folder(tmp_path, capsys):
+    run_yaml = write_boring_yaml(tmp_path / "run.yaml", tmp_path)
+    (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint")
+    cases = [
+        (["test", "--config", run_yaml, "--ckpt_path", str(tmp_path / "missing.ckpt")], "missing.ckpt' does not exist"),
+        (["validate", "--config", run_yaml, "--ckpt_path", str(tmp_path / "garbage.ckpt")], "truncated or corrupt"),
+        (["test", "--config", run_yaml, "--ckpt_path", "best"], 'ckpt_path="best" but no best checkpoint'),
+        (["fit", "--config", run_yaml, "--ckpt_path", str(tmp_path / "missing.ckpt")], "missing.ckpt' does not exist"),
+    ]
+    for args, named in cases:
+        try:
+            code = main(args)
+        except SystemExit as stop:
+            code = stop.code
+        err = capsys.readouterr().err
+        assert code == 1, (args, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"surge {args[0]}: error: ") and named in lines[0], err
+        # nothing is left of the failed command: no version_N holding only its config
+        assert not (tmp_path / "surge_logs").exists(), os.listdir(tmp_path / "surge_logs")

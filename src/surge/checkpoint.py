@@ -6,14 +6,12 @@ A checkpoint is a dict of tensors and plain data only, so it loads with
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
-import tempfile
-import zipfile
 from typing import Any
 
 import torch
 
+from .checkpoint_locks import _new_temporary
 from .utils import SurgeError
 
 FORMAT_VERSION = 1
@@ -33,18 +31,21 @@ def save_checkpoint(checkpoint: dict, path: str) -> None:
 
     The bytes go to a temporary file in the same folder, are flushed and fsynced, and only then
     renamed over ``path``; a crash at any moment leaves either the old file or the new one, never a
-    half-written file under the checkpoint's name.
+    half-written file under the checkpoint's name. The temporary (``.tmp-<host>-<pid>-<random>.ckpt``)
+    is locked while it is written, so that :func:`surge.checkpoint_locks.remove_stale_temporaries` can
+    tell what a killed save left from what a live one is writing.
     """
     folder = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ckpt", dir=folder)
+        fd, tmp = _new_temporary(folder)
         with os.fdopen(fd, "wb") as f:
             torch.save(checkpoint, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            # Renamed while the lock is held: a cleaner never takes a finished temporary for a dead writer's.
+            os.replace(tmp, path)
     except BaseException as err:
         if tmp is not None:
             try:
@@ -63,11 +64,20 @@ def save_checkpoint(checkpoint: dict, path: str) -> None:
 
 
 def _os_error_of(err: BaseException):
-    """The ``OSError`` behind ``err``: itself, or the one torch's writer wrapped in a RuntimeError."""
-    while err is not None:
+    """The ``OSError`` behind ``err``: itself, the one torch's writer wrapped in a RuntimeError (its
+    ``__context__``), or one of the ranks' errors that DCP collected in a ``CheckpointException``."""
+    seen, todo = set(), [err]
+    while todo:
+        err = todo.pop(0)
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
         if isinstance(err, OSError):
             return err
-        err = err.__cause__ or err.__context__
+        todo += [err.__cause__, err.__context__]
+        failures = getattr(err, "failures", None)  # DCP: {rank: (exception, traceback)}
+        if isinstance(failures, dict):
+            todo += [f[0] if isinstance(f, tuple) and f else f for f in failures.values()]
     return None
 
 
@@ -86,47 +96,54 @@ def _fsync_dir(folder: str) -> None:
 
 
 def remove_checkpoint_files(path: str) -> None:
-    """Delete a checkpoint: a file, or a sharded checkpoint's folder (nothing if ``path`` is not there)."""
+    """Delete a checkpoint: a file, or a sharded checkpoint's folder (nothing if ``path`` is not there).
+    A folder loses its DCP ``.metadata`` first, so that one half deleted by a crash reads as incomplete."""
     if os.path.isdir(path) and not os.path.islink(path):
+        try:
+            os.unlink(os.path.join(path, ".metadata"))
+        except OSError:
+            pass
         shutil.rmtree(path, ignore_errors=True)
     elif os.path.lexists(path):
         os.remove(path)
 
 
 def load_checkpoint(path, map_location: Any = "cpu") -> dict:
-    """Read a surge checkpoint with ``weights_only=True`` and check that it is one."""
+    """Read a surge checkpoint without trusting it, and check that it is one.
+
+    A file: its zip container is checked first (every entry's CRC-32, no decompression bomb:
+    :mod:`surge.checkpoint_checks`), then it loads with ``torch.load(weights_only=True)``, then each field
+    the Trainer reads back is checked. A folder is a sharded checkpoint, read whole into this process
+    (:func:`surge.strategies.fsdp_checkpoint.read_sharded_checkpoint`, on the CPU). Anything wrong is a
+    CheckpointError naming the file and what is wrong.
+    """
+    from .checkpoint_checks import check_fields, torch_load_checked
+
     path = os.fspath(path)
+    if os.path.isdir(path):
+        from .strategies.fsdp_checkpoint import read_sharded_checkpoint
+
+        return read_sharded_checkpoint(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        text = str(err)
-        if "GLOBAL" not in text and "global" not in text:
-            # Not a forbidden class: bytes that are no pickle at all (a garbage or foreign file).
-            raise CheckpointError(f"checkpoint {path!r} is truncated or corrupt and cannot be read "
-                                  f"(not a torch.save file)") from err
-        detail = next((ln.strip() for ln in text.splitlines() if "Unsupported global" in ln), text.splitlines()[0])
-        raise CheckpointError(
-            f"checkpoint {path!r} holds objects that only arbitrary unpickling can rebuild, which could run code "
-            f"from the file; surge refuses it (it loads with torch.load(weights_only=True) only). If you trust "
-            f"the file, load it yourself with torch.load(path, weights_only=False). ({detail})"
-        ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, LookupError, TypeError) as err:
-        # (the weights-only unpickler fails on arbitrary bytes with IndexError/KeyError/TypeError too)
-        raise CheckpointError(f"checkpoint {path!r} is truncated or corrupt and cannot be read: {err}") from err
+    ckpt = torch_load_checked(path, repr(path), map_location)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(
             f"{path!r} is not a surge checkpoint: expected a dict with a 'state_dict' key, got "
             f"{type(ckpt).__name__}{' with keys ' + str(sorted(ckpt)[:8]) if isinstance(ckpt, dict) else ''}"
         )
+    _check_format_version(ckpt, path)
+    check_fields(ckpt, repr(path))
+    return ckpt
+
+
+def _check_format_version(ckpt: dict, path: str) -> None:
     version = ckpt.get(FORMAT_KEY, FORMAT_VERSION)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path!r} has format version {version!r}, newer than this surge reads ({FORMAT_VERSION}); "
             f"upgrade surge"
         )
-    return ckpt
 
 
 def load_module_state(module: torch.nn.Module, state_dict: dict, strict: bool = True, path: str = "") -> None:

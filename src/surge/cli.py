@@ -29,6 +29,7 @@ _COMMANDS = {
     "predict": "run predict_step over the predict data",
     "demo": "train a CNN on scikit-learn's handwritten digits and report test accuracy",
     "consolidate": "write a sharded (FSDP) checkpoint folder as one checkpoint file",
+    "torchrun": "torch's own torchrun, exiting with the requeue code when signalled (python -m surge.torchrun)",
     "plot": "PNG charts of logged metrics: surge plot <log_dir> [<log_dir> ...] [--out DIR]",
 }
 # Trainer.<stage>() arguments the command line leaves out: the model and data come from --model and --data.
@@ -135,17 +136,41 @@ class SaveConfigCallback(Callback):
         self.config_text = config_text
         self.filename = filename
         self.path: Optional[str] = None
+        self._created: list[str] = []  # the folders writing the file created, innermost first
+        self._there_before: set = set()  # what the folder held before
 
     def setup(self, trainer, module, stage: str) -> None:
         if self.path is not None or trainer.fast_dev_run or not trainer.is_global_zero:
             return
+        folder, missing = os.path.abspath(trainer.log_dir), []
+        while folder and not os.path.isdir(folder):
+            missing.append(folder)
+            folder = os.path.dirname(folder)
         os.makedirs(trainer.log_dir, exist_ok=True)
+        self._created = missing
+        self._there_before = set(os.listdir(trainer.log_dir))
         path = os.path.join(trainer.log_dir, self.filename)
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
             f.write(self.config_text)
         os.replace(tmp, path)  # a reader never sees half a file
         self.path = path
+
+    def undo(self) -> None:
+        """The command failed: remove the config file, and the folders it created, if the run wrote nothing
+        else there (a failed ``surge test`` leaves no empty ``version_N`` behind)."""
+        if self.path is None or not os.path.isfile(self.path) or self.filename in self._there_before:
+            return
+        folder = os.path.dirname(self.path)
+        if set(os.listdir(folder)) - {self.filename} - self._there_before:
+            return  # the run wrote logs or checkpoints: they and their config stay together
+        os.remove(self.path)
+        self.path = None
+        for created in self._created:
+            try:
+                os.rmdir(created)  # only if empty
+            except OSError:
+                break
 
 
 class SurgeCLI:
@@ -324,11 +349,24 @@ class SurgeCLI:
         return trainer, init["model"], init.get("data")
 
     def _run(self, stage: str, config):
+        from .utils import SurgeError
+
         kwargs = {k: config[k] for k in self._method_keys(stage) if k in config}
         fn = getattr(self.trainer, stage)
         if self.datamodule is not None:
             kwargs["datamodule"] = self.datamodule
-        return fn(self.model, **kwargs)
+        # ckpt_path="last"/"best" of a config saved in a run's folder means that run's checkpoints.
+        self.trainer._cli_checkpoint_folders = _run_checkpoint_folders(config.get("config"))
+        try:
+            return fn(self.model, **kwargs)
+        except BaseException as err:
+            for cb in self.trainer.callbacks:
+                if isinstance(cb, SaveConfigCallback):
+                    cb.undo()
+            if isinstance(err, SurgeError):  # surge's own message says what and where: no traceback
+                print(f"{self.prog} {stage}: error: {_one_line(err)}", file=sys.stderr)
+                raise SystemExit(1) from None
+            raise
 
     def _method_keys(self, stage: str) -> list[str]:
         import inspect
@@ -339,6 +377,23 @@ class SurgeCLI:
     def _error(self, message: str):
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
+
+
+def _one_line(err: BaseException) -> str:
+    """An error's message on one line (a multi-line message's lines joined)."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return text or type(err).__name__
+
+
+def _run_checkpoint_folders(config_files) -> list[str]:
+    """``<folder>/checkpoints`` of each ``--config`` file that lies in a run's folder (next to its checkpoints)."""
+    folders = []
+    for entry in config_files or []:
+        path = getattr(entry, "absolute", None) or os.path.abspath(os.fspath(entry))
+        candidate = os.path.join(os.path.dirname(path), "checkpoints")
+        if os.path.isdir(candidate):
+            folders.append(candidate)
+    return folders
 
 
 def _print_help() -> None:
@@ -365,6 +420,16 @@ def main(argv=None) -> int:
         print(f"surge {__version__}")
         return 0
     command = argv[0]
+    from .utils import SurgeError
+
+    try:
+        return _command(command, argv)
+    except SurgeError as err:  # surge's own errors name the file or argument: one line, no traceback
+        print(f"surge {command}: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+
+
+def _command(command: str, argv: list) -> int:
     if command == "demo":
         from .demos.digits import main as demo_main
 
@@ -374,6 +439,10 @@ def main(argv=None) -> int:
         from .strategies.fsdp import main as consolidate_main
 
         return consolidate_main(argv[1:])
+    if command == "torchrun":
+        from .torchrun import main as torchrun_main
+
+        return torchrun_main(argv[1:])
     if command == "plot":
         from .plot import main as plot_main
 

@@ -7,6 +7,7 @@ then when validation runs inside fit and the sanity check before it.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 from . import anomaly, resume
 from .profiler import NO_PROFILE
 from .results import Results
-from .seed import preserved_rng, restore_rng_state
+from .seed import capture_rng_state, preserved_rng, restore_rng_state
 from .utils import SurgeError, rank_zero_info, rank_zero_warn
 
 
@@ -24,6 +25,9 @@ class FitLoop:
     """Trainer methods that run ``fit``: epochs, batches, optimizer steps; mixed into :class:`surge.Trainer`."""
 
     def _fit_loop(self) -> None:
+        self._flush_due = False
+        if self._ckpt_path is not None:
+            self._continue_csv_history()
         self._log_hyperparams()
         self._call("on_fit_start")
         self._sanity_check()
@@ -40,8 +44,10 @@ class FitLoop:
                 state.batch_idx = 0
                 self._epoch_finished = False
         self._results = Results("train", self.strategy)
-        self._call("on_train_end")
+        self._call("on_train_end")  # ModelCheckpoint saves the final state here if no save had it yet
         self._call("on_fit_end")
+        if self._flush_due:
+            self._flush_loggers()
 
     def _fit_done(self) -> bool:
         s = self.state
@@ -95,9 +101,14 @@ class FitLoop:
                 self._call("on_train_batch_end", output, batch, batch_idx)
             del output  # a skipped step's graph (on_nan="skip") is freed before the next forward
             self._log_step_metrics()
+            if self._flush_due:  # this step was checkpointed: its rows reach the disk right after the checkpoint
+                self._flush_loggers()
             if self._val_due(batch_idx, limit, end_of_epoch=False):
                 self._validation_in_fit()
-            if not self._grads_pending and self._preemption.due(self):
+                if self._flush_due:
+                    self._flush_loggers()
+            self._flush_due = False
+            if not self._grads_pending and not self._nan.dropped and self._preemption.due(self):
                 self._preempt()
             if state.should_stop or (self.max_steps != -1 and state.global_step >= self.max_steps):
                 exhausted = limit is not None and batch_idx + 1 >= limit
@@ -107,12 +118,17 @@ class FitLoop:
         if exhausted:
             if self._grads_pending:  # an epoch ending inside an accumulation window still steps
                 self._optimizer_steps(batch_idx)
+            if self._nan.mode == "skip":  # or, dropped by on_nan="skip", gives its random numbers back
+                self._nan.window_end(len(self.optimizers))
             # From here on a checkpoint records "epoch done": a resume starts the next one.
             self._epoch_finished = True
             if self._val_due(batch_idx, limit, end_of_epoch=True):
                 self._validation_in_fit()
         self._results = results
         self._epoch_end("train")
+        if self._flush_due:  # an epoch-end checkpoint: the epoch's rows go to disk with it
+            self._flush_loggers()
+            self._flush_due = False
         if exhausted:
             self._step_schedulers("epoch")
 
@@ -121,6 +137,7 @@ class FitLoop:
         callback = self.checkpoint_callback
         folder = callback.dirpath if callback is not None and callback.dirpath else os.path.join(self.default_root_dir, "checkpoints")
         path = os.path.join(folder, "last.ckpt")
+        self._flush_loggers()  # the history first: a kill may follow the save at once
         self.save_checkpoint(path)
         self.strategy.wait_for_checkpoint()  # on disk before the requeue: the job may be killed right after
         if callback is not None:
@@ -130,6 +147,29 @@ class FitLoop:
                        f"at global step {self.global_step}; exiting with code {self._preemption.exit_code} for a requeue")
         self._preemption.requeue(self)
         raise SystemExit(self._preemption.exit_code)
+
+    # ------------------------------------------------------------------ what the loggers keep
+    def _note_checkpoint(self) -> None:
+        """A checkpoint of this step is being written. The loggers write out what they buffered now, and
+        again once this step's own rows are logged (end of the batch or epoch), so that the history the
+        checkpoint covers is on disk as soon as the checkpoint is: a run killed after it loses no row."""
+        self._flush_loggers()
+        self._flush_due = True
+
+    def _flush_loggers(self) -> None:
+        if self.is_global_zero:
+            for lg in self.loggers:
+                self._logger_guard.call(lg, "save")
+
+    def _continue_csv_history(self) -> None:
+        """A resumed fit: each CSVLogger keeps the rows up to the checkpoint's step and replaces the later
+        ones (the killed run may have written some past its checkpoint), so no step appears twice."""
+        from .loggers.csv import CSVLogger
+
+        if self.is_global_zero:
+            for lg in self.loggers:
+                if isinstance(lg, CSVLogger):
+                    self._logger_guard.call(lg, "resume_after", self.state.global_step)
 
     def _position_epoch(self) -> tuple[int, bool]:
         """Prepare the training loader for this epoch; return the batches to skip and whether they must be
@@ -159,8 +199,14 @@ class FitLoop:
             _check_step_output(output, manual=True)
             return output
         boundary = last or (batch_idx + 1) % self.accumulate_grad_batches == 0
+        nan = self._nan
+        if nan.mode == "skip":  # a window it drops gives back its random numbers: note them at its start
+            nan.window_start(first_micro_batch=batch_idx % self.accumulate_grad_batches == 0)
         outputs, stepped = [], False
         for opt_idx, optimizer in enumerate(self.optimizers):
+            if opt_idx in nan.dropped:  # on_nan="skip" dropped this window: the rest of it is not computed
+                outputs.append(None)
+                continue
             extra = (opt_idx,) if self._step_takes_opt_idx else ()
             if self._step_takes_opt_idx:
                 module.toggle_optimizer(optimizer)
@@ -194,6 +240,8 @@ class FitLoop:
             outputs.append(output)
             if not self._step_takes_opt_idx:
                 break
+        if boundary and nan.mode == "skip":
+            nan.window_end(len(self.optimizers))
         if stepped:
             self._end_step()
         return outputs[0] if len(outputs) == 1 else outputs
@@ -311,11 +359,31 @@ class FitLoop:
     def _validation_in_fit(self) -> None:
         train_results = self._results
         # Validation leaves the random streams as it found them: training draws the same numbers with or
-        # without it, and a run resumed after a validation continues exactly.
-        with preserved_rng():
+        # without it. A checkpoint written meanwhile (ModelCheckpoint.on_validation_end) records this state,
+        # the one training goes on with, not what validation left (its loader alone draws a seed).
+        self._training_rng = capture_rng_state()
+        try:
             self._run_eval("validate", self.val_dataloaders, self.num_val_batches)
+        finally:
+            restore_rng_state(self._training_rng)
+            self._training_rng = None
         self._results = train_results
         self.module.train()
+
+    @contextlib.contextmanager
+    def _rng_of_training(self):
+        """Inside validation during fit: the random streams as training left them, for the checkpoint
+        written in this block; validation's own are back after it. Elsewhere: nothing changes."""
+        training = getattr(self, "_training_rng", None)
+        if training is None:
+            yield
+            return
+        validation = capture_rng_state()
+        restore_rng_state(training)
+        try:
+            yield
+        finally:
+            restore_rng_state(validation)
 
     def _sanity_check(self) -> None:
         n = self.num_sanity_val_steps

@@ -14,6 +14,8 @@ Failure handling is the launcher's main job after starting processes: a rank tha
 the others waiting in a collective until the process-group timeout (30 minutes by default). Rank 0
 watches its children; when one exits with an error it terminates the rest and exits with an error
 itself within seconds. Children watch rank 0 the same way (if their parent disappears, they exit).
+Each child runs in its own session (process group), as under torchrun, and is ended with its whole
+group: its DataLoader workers go with it, and none is left holding the job's stdout and stderr.
 """
 from __future__ import annotations
 
@@ -30,8 +32,9 @@ import threading
 import time
 import types
 from datetime import timedelta
-from typing import Optional
+from typing import Callable, Optional
 
+from .preemption import end_worker_processes
 from .utils import MisconfigurationError
 
 # Seconds between two looks at the children, and the grace period between asking a process to stop
@@ -187,6 +190,9 @@ class LocalLauncher:
         self.cluster, self.devices = cluster, devices
         self.children: dict[int, subprocess.Popen] = {}
         self._stopping = False
+        # The requeue exit code while this rank is leaving after a preemption save, else None (set by the
+        # strategy): children exiting with that code then leave with it, they have not failed.
+        self.leaving_code: Callable[[], Optional[int]] = lambda: None
 
     def start(self) -> None:
         command = _this_command()
@@ -199,7 +205,9 @@ class LocalLauncher:
         os.environ.update(base, RANK=str(self.cluster.global_rank), LOCAL_RANK="0")
         for local in range(1, self.devices):
             env = dict(os.environ, **base, RANK=str(self.cluster.global_rank + local), LOCAL_RANK=str(local))
-            self.children[local] = subprocess.Popen(command, env=env, cwd=os.getcwd())
+            # Its own session: a terminal's Ctrl-C or `timeout`'s signal reaches rank 0 only (which passes
+            # it on, see stop), and the rank can be ended with everything it started (see terminate).
+            self.children[local] = subprocess.Popen(command, env=env, cwd=os.getcwd(), start_new_session=_POSIX)
         threading.Thread(target=self._watch, name="surge-launcher-watch", daemon=True).start()
         atexit.register(self._wait_at_exit)
 
@@ -208,7 +216,7 @@ class LocalLauncher:
         while not self._stopping:
             for local, proc in self.children.items():
                 code = proc.poll()
-                if code is not None and code != 0 and not self._stopping:
+                if code not in (None, 0, self.leaving_code()) and not self._stopping:
                     self._fail(local, code)
                     return
             time.sleep(_POLL_S)
@@ -225,21 +233,40 @@ class LocalLauncher:
 
         _thread.interrupt_main()
         time.sleep(_GRACE_S)
+        end_worker_processes()
         os._exit(code if 0 < code < 256 else 1)
 
-    def terminate(self) -> None:
-        """Stop every child still running: SIGTERM, then SIGKILL after the grace period."""
-        self._stopping = True
-        alive = [p for p in self.children.values() if p.poll() is None]
-        for p in alive:
-            p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + _GRACE_S
-        for p in alive:
+    def stop(self, err: BaseException) -> None:
+        """Rank 0 leaves with ``err``: end the other local ranks, which would wait for it in a collective.
+
+        After a preemption save they leave at the same step on their own, and get the grace period to do so:
+        a SIGTERM now would be a second signal to a rank the scheduler signalled too, which ends it on its way
+        out. After Ctrl-C they get SIGINT, as the terminal would have sent them in rank 0's session."""
+        if isinstance(err, SystemExit) and self.leaving_code() is not None:
+            self.wait(_GRACE_S)
+        self.terminate(signal.SIGINT if isinstance(err, KeyboardInterrupt) else signal.SIGTERM)
+
+    def wait(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for every child to exit."""
+        deadline = time.monotonic() + timeout
+        for p in self.children.values():
             try:
                 p.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+                return
+
+    def terminate(self, sig: int = signal.SIGTERM) -> None:
+        """Stop every child and what it started: ``sig`` to each one's process group, then SIGKILL to what
+        is left of the groups after the grace period (also of children already gone: a rank killed without
+        cleanup leaves its DataLoader workers in its group)."""
+        self._stopping = True
+        for p in self.children.values():
+            _signal_group(p, sig)
+        self.wait(_GRACE_S)
+        for p in self.children.values():
+            _signal_group(p, signal.SIGKILL)
+        for p in self.children.values():
+            p.wait()
 
     def _wait_at_exit(self) -> None:
         """At the end of rank 0's script: wait for the children, and fail if one of them failed."""
@@ -252,8 +279,23 @@ class LocalLauncher:
                 print(f"surge: rank {self.cluster.global_rank + local} exited with code {code}",
                       file=sys.stderr, flush=True)
                 self.terminate()
+                end_worker_processes()
                 os._exit(code if 0 < code < 256 else 1)
         self._stopping = True
+
+
+_POSIX = hasattr(os, "killpg")
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """``sig`` to the process group that ``proc`` leads (its own session), or to ``proc`` alone off POSIX."""
+    try:
+        if _POSIX:
+            os.killpg(proc.pid, sig)
+        elif proc.poll() is None:
+            proc.send_signal(sig)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is empty: everything in it has exited
 
 
 def watch_parent() -> None:
@@ -266,6 +308,7 @@ def watch_parent() -> None:
     def watch() -> None:
         while True:
             if os.getppid() != parent:
+                end_worker_processes()
                 os._exit(1)
             time.sleep(0.5)
 

@@ -115,3 +115,53 @@ def warn_fallback(loader) -> None:
         f"skip (an iterable dataset or a custom batch_sampler): the consumed batches are read again and dropped",
         stacklevel=3,
     )
+
+
+# ---------------------------------------------------------------------- every rank's own random state
+# Ranks draw different amounts of randomness (dropout on batches of other shapes, noise that depends on the
+# data, a pipeline's stages running different layers), so each rank's streams are its own: a checkpoint keeps
+# them all, gathered to rank 0, which is the rank that writes the file (or FSDP's surge_meta.pt).
+def rank_state(loader_state: Optional[dict] = None, sampler_state: Optional[dict] = None) -> dict:
+    """This rank's random state now, with the states its data position needs (inside an epoch)."""
+    state: dict = {"rng": capture_rng_state()}
+    if loader_state is not None:
+        state["loader_state"] = loader_state
+    if sampler_state is not None:
+        state["sampler_state"] = sampler_state
+    return state
+
+
+def gather_rank_states(strategy, own: dict) -> list:
+    """Every rank's :func:`rank_state`, indexed by global rank. A collective: every rank calls it, at the
+    same point (each builds the checkpoint, whichever rank writes it)."""
+    if strategy.world_size == 1:
+        return [own]
+    with strategy.collective("the gather of every rank's random state for a checkpoint (every rank must "
+                             "build the checkpoint at the same step)"):
+        return list(strategy.all_gather_object(own))
+
+
+def own_rank_state(ckpt: dict, rank: int, world_size: int) -> tuple[dict, Optional[str]]:
+    """The state ``rank`` resumes from, and a one-line notice when it cannot be exact (``None`` otherwise).
+
+    A checkpoint written by ``n`` processes resumed on ``world_size`` others: rank ``r`` takes the state saved
+    by rank ``r % n``. Checkpoints of older surge versions hold rank 0's state only (``rng``)."""
+    saved = ckpt.get("rank_states")
+    if saved is not None and not (isinstance(saved, list) and saved and all(
+            isinstance(s, dict) and isinstance(s.get("rng"), dict) for s in saved)):
+        raise ValueError("rank_states must be a non-empty list of dicts with an 'rng' dict, one per rank that "
+                         f"saved it; got {type(saved).__name__}")
+    if not saved:
+        own = {"rng": ckpt["rng"]} if "rng" in ckpt else {}
+        note = None
+        if world_size > 1 and own:
+            note = (f"holds the random state of one process only (written before surge saved every rank's): "
+                    f"all {world_size} ranks continue from it, so their random numbers differ from an uninterrupted run")
+        return own, note
+    n = len(saved)
+    note = None
+    if n != world_size:
+        note = (f"was written by {n} process{'es' if n > 1 else ''} and this run has {world_size}: the random "
+                f"streams and the rest of the interrupted epoch cannot continue exactly (rank r takes the random "
+                f"state saved by rank r % {n}, and the data is shared out among {world_size} from here)")
+    return saved[rank % n], note

@@ -77,6 +77,9 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
         inference_mode: evaluate under ``torch.inference_mode`` (True) or ``torch.no_grad`` (False).
         preemption_signals: signals that make fit finish its step, save ``last.ckpt`` and exit (empty: none).
         requeue_exit_code: the exit code after such a save (143, as for SIGTERM, tells schedulers to requeue).
+        preemption_grace: seconds from the first such signal to the step boundary that saves; when none comes
+            in time (a stuck step or collective), exit with ``requeue_exit_code`` without saving, saying so in
+            one line (the checkpoints on disk are intact). None: wait for the boundary however long it takes.
         on_nan: a NaN/inf loss "raise"s (stop, naming step and batch) or "skip"s that update, counted in
             ``train/nan_skipped`` (docs/reliability.md).
         profiler: None, "simple", "advanced", "pytorch" or a :class:`surge.profiler.Profiler` (docs/instruments.md).
@@ -128,6 +131,7 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
         profiler: Any = None,
         preemption_signals=("SIGTERM", "SIGUSR1"),
         requeue_exit_code: int = 143,
+        preemption_grace: Optional[float] = 30.0,
         on_nan: str = "raise",
         compile: Union[bool, dict] = False,
         fuse_optimizers: bool = True,
@@ -247,7 +251,7 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
         self._resume_position: Optional[dict] = None  # where a mid-epoch checkpoint left the data
         self._epoch_loader_state: Optional[dict] = None
         self._tracker = None
-        self._preemption = PreemptionHandler(preemption_signals, requeue_exit_code)
+        self._preemption = PreemptionHandler(preemption_signals, requeue_exit_code, preemption_grace)
         self._grads_pending: set[int] = set()  # indices of optimizers holding gradients not yet stepped
         self._ckpt_path: Optional[str] = None
         self._hooks: dict[str, list] = {}
@@ -544,6 +548,7 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
             if stage == "fit":
                 self._preemption.uninstall(wait=status == "success")
                 resume.uninstall(self.train_dataloader)
+                self._release_run_folders()  # another process's ckpt_path="last" may take this run's folder now
             if stage == "fit" and self.is_global_zero:
                 for lg in self.loggers:
                     self._logger_guard.call(lg, "finalize", status)

@@ -9,7 +9,7 @@ import torch
 
 from . import resume
 from .checkpoint import CheckpointError
-from .utils import MisconfigurationError, rank_zero_warn
+from .utils import MisconfigurationError, rank_zero_info, rank_zero_warn
 
 
 class CheckpointHandling:
@@ -17,16 +17,19 @@ class CheckpointHandling:
 
     def save_checkpoint(self, filepath: str, weights_only: bool = False) -> None:
         """Write a checkpoint of the run to ``filepath`` atomically (rank 0 writes; all ranks wait)."""
-        checkpoint = self._checkpoint_dict(weights_only)
+        self._note_checkpoint()  # the history this checkpoint covers goes to disk with it
+        with self._rng_of_training():  # called from a validation hook: training's random state goes in
+            checkpoint = self._checkpoint_dict(weights_only)
         self.strategy.save_checkpoint(checkpoint, filepath)
         self.strategy.barrier("save_checkpoint")
 
     def _checkpoint_dict(self, weights_only: bool = False) -> dict:
         from . import __version__
         from .checkpoint import FORMAT_KEY, FORMAT_VERSION
-        from .seed import capture_rng_state
 
         module = self.module
+        if getattr(self, "_claims_run_folders", False) and self.is_global_zero:
+            self._claim_run_folders()
         state = self.state.state_dict()
         if self._epoch_finished:
             # Saved after the epoch's last batch: a resume starts the next epoch.
@@ -51,10 +54,15 @@ class CheckpointHandling:
             ckpt["precision"] = self.strategy.precision.state_dict()
             ckpt["callbacks"] = {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_dict()}
             ckpt["loggers"] = [lg.state_dict() for lg in self.loggers]
-            ckpt["rng"] = capture_rng_state()
+            position = None
             if not self._epoch_finished and self.state.batch_idx > 0:
-                ckpt["data_position"] = resume.position(self.train_dataloader, self._tracker,
-                                                        self._epoch_loader_state, self.state.batch_idx)
+                position = ckpt["data_position"] = resume.position(self.train_dataloader, self._tracker,
+                                                                   self._epoch_loader_state, self.state.batch_idx)
+            # Every rank's random state (a collective): ranks draw different amounts of randomness.
+            own = resume.rank_state() if position is None else \
+                resume.rank_state(position["loader_state"], position["sampler_state"])
+            ckpt["rank_states"] = resume.gather_rank_states(self.strategy, own)
+            ckpt["rng"] = ckpt["rank_states"][0]["rng"]  # rank 0's, where older surge versions read it
             if self._epoch_finished:
                 # End-of-epoch checkpoints are written before that epoch's schedulers step; the resume steps them.
                 ckpt["epoch_schedulers_pending"] = {
@@ -71,42 +79,65 @@ class CheckpointHandling:
     def _resolve_ckpt_path(self, ckpt_path, stage: str) -> Optional[str]:
         if ckpt_path is None:
             return None
-        if ckpt_path == "best":
-            cb = self.checkpoint_callback
-            if cb is None or not cb.best_model_path:
-                raise MisconfigurationError(
-                    'ckpt_path="best" but no best checkpoint exists yet'
-                    + ("" if cb is not None else " (checkpointing is disabled)")
-                    + "; run fit() with a ModelCheckpoint first, or pass a file path"
-                )
-            return cb.best_model_path
-        if ckpt_path == "last":
-            found = self._find_last_checkpoint()
-            if found is None:
-                if stage == "fit":
-                    rank_zero_warn('ckpt_path="last" found no checkpoint; starting from scratch')
-                    return None
-                raise MisconfigurationError(f'ckpt_path="last" found no checkpoint under {self.default_root_dir!r}')
-            return found
+        if ckpt_path in ("last", "best"):
+            return self._find_run_checkpoint(ckpt_path, stage)
         if not isinstance(ckpt_path, (str, os.PathLike)):
             raise MisconfigurationError(f'ckpt_path must be "last", "best" or a file path, got {ckpt_path!r}')
         return os.fspath(ckpt_path)
 
-    def _find_last_checkpoint(self) -> Optional[str]:
-        candidates = []
-        for cb in self.checkpoint_callbacks:
-            if cb.last_model_path and os.path.exists(cb.last_model_path):  # a file, or a sharded folder
-                candidates.append(cb.last_model_path)
-            candidates.extend(cb.find_existing(self))
-        for dirpath, _, files in os.walk(self.default_root_dir):
-            if os.path.basename(dirpath) == "checkpoints":
-                candidates.extend(os.path.join(dirpath, f) for f in files if f.endswith(".ckpt") and not f.startswith("."))
-        candidates = [c for c in candidates if os.path.exists(c)]
-        if not candidates:
+    def _find_run_checkpoint(self, which: str, stage: str) -> Optional[str]:
+        """This run's "last" or "best" checkpoint (see :mod:`surge.checkpoint_search`). Rank 0 looks on disk
+        (and takes the run's lock in fit) and tells the others, errors included, so every rank loads one file."""
+        from . import checkpoint_search
+
+        found = why = None
+        if self.is_global_zero:
+            if which == "last":
+                found, why = checkpoint_search.find_last(self, fit=stage == "fit")
+            else:
+                found, why = checkpoint_search.find_best(self)
+        if self.world_size > 1:
+            found, why = self.strategy.broadcast((found, why))
+        if found is not None:
+            return found
+        if which == "best":
+            cb = self.checkpoint_callback
+            raise MisconfigurationError(
+                'ckpt_path="best" but no best checkpoint exists yet'
+                + (" (checkpointing is disabled)" if cb is None else "")
+                + f"; run fit() with a ModelCheckpoint first, or pass a file path ({why})")
+        if stage == "fit":
+            rank_zero_warn(f'ckpt_path="last" found no checkpoint of this run {why}; starting from scratch')
             return None
-        return max(candidates, key=lambda p: (os.path.getmtime(p), os.path.basename(p).startswith("last")))
+        raise MisconfigurationError(f'ckpt_path="last" found no checkpoint of this run {why}')
+
+    def _claim_run_folders(self) -> None:
+        """Take the run lock of this run's folder (``log_dir``), when its first checkpoint is written there
+        (``<log_dir>/checkpoints``, ModelCheckpoint's default), so that ``ckpt_path="last"`` in another process
+        knows the run is alive (see :mod:`surge.checkpoint_search`)."""
+        from . import checkpoint_search
+
+        self._claims_run_folders = False  # once per fit
+        callbacks = self.checkpoint_callbacks
+        if callbacks and not any(cb._dirpath_from_logger for cb in callbacks):
+            return  # checkpoints in folders the user named: they are the run's identity, and log_dir is not theirs
+        try:
+            if not checkpoint_search.claim(self.log_dir):
+                checkpoint_search._warn_if_alive(self.log_dir)
+        except OSError as err:  # an unwritable folder: the save itself reports it, naming the file
+            rank_zero_warn(f"cannot mark {self.log_dir} as this run's folder ({err}); ckpt_path='last' in another "
+                           f"process cannot tell whether this run is alive")
+
+    def _release_run_folders(self) -> None:
+        """End of fit: let go of this run's lock (the OS does it if the process ends first)."""
+        from . import checkpoint_search
+
+        self._claims_run_folders = False
+        if self.is_global_zero:
+            checkpoint_search.release(self.log_dir)
 
     def _load_for_stage(self, stage: str, ckpt_path) -> None:
+        self._claims_run_folders = stage == "fit"  # the first checkpoint of this fit marks its folders as in use
         path = self._resolve_ckpt_path(ckpt_path, stage)
         self._ckpt_path = path
         if path is None:
@@ -118,6 +149,7 @@ class CheckpointHandling:
         for cb in self.callbacks:
             cb.on_load_checkpoint(self, module, ckpt)
         if stage != "fit":
+            self._say_loaded(path, ckpt, stage)
             return
         if "trainer_state" not in ckpt:
             raise CheckpointError(f"checkpoint {path!r} holds weights only (saved with weights_only=True); it cannot resume fit")
@@ -150,13 +182,36 @@ class CheckpointHandling:
                 cb.load_state_dict(callback_states[cb.state_key])
         if self.datamodule is not None and "datamodule" in ckpt:
             self.datamodule.load_state_dict(ckpt["datamodule"])
+        self._restore_rank_state(ckpt, path)
+        self._say_loaded(path, ckpt, "fit")
+
+    def _restore_rank_state(self, ckpt: dict, path: str) -> None:
+        """Put back this rank's own random state and data position (see :func:`surge.resume.own_rank_state`)."""
+        try:
+            own, notice = resume.own_rank_state(ckpt, self.global_rank, self.world_size)
+        except ValueError as err:
+            raise CheckpointError(f"checkpoint {path!r}: {err}") from None
+        if notice:
+            rank_zero_info(f"surge: {path} {notice}")
         if "data_position" in ckpt and self.state.batch_idx > 0:
             # Inside an epoch: the random state comes back once the epoch's order has been drawn again.
-            self._resume_position = {**ckpt["data_position"], "continue_state": ckpt.get("rng")}
-        elif "rng" in ckpt:
+            position = dict(ckpt["data_position"])
+            position.update({k: own[k] for k in ("loader_state", "sampler_state") if k in own})
+            self._resume_position = {**position, "continue_state": own.get("rng")}
+        elif "rng" in own:
             from .seed import restore_rng_state
 
-            restore_rng_state(ckpt["rng"])
+            restore_rng_state(own["rng"])
+
+    def _say_loaded(self, path: str, ckpt: dict, stage: str) -> None:
+        """One line on rank 0: which file, and at which step training continues (fit) or it was written."""
+        if stage == "fit":
+            s = self.state
+            rank_zero_info(f"surge: resuming from {path} at global step {s.global_step} "
+                           f"(epoch {s.epoch}, batch {s.batch_idx})")
+        else:
+            rank_zero_info(f"surge: {stage} with the weights of {path} (saved at global step "
+                           f"{ckpt.get('global_step', '?')}, epoch {ckpt.get('epoch', '?')})")
 
     def _step_pending_epoch_schedulers(self, metrics: dict) -> None:
         """Take the epoch-interval scheduler step that an end-of-epoch checkpoint was written before."""

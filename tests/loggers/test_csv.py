@@ -119,6 +119,27 @@ def test_resume_without_overlap_keeps_every_row(tmp_path):
     assert read_rows(resumed)[1] == [["0", "1.0"], ["1", "1.0"], ["2", "1.0"], ["3", "2.0"]]
 
 
+def test_resume_after_a_checkpoint_keeps_the_rows_up_to_its_step(tmp_path):
+    # The killed run wrote rows up to step 12; its checkpoint was at step 10. Under accumulation the resumed
+    # run logs at step 10 again (the micro-batch after the checkpoint's optimizer step), but the checkpoint's
+    # own row at step 10 is not repeated: it stays, and the rows after step 10 are replaced.
+    first = CSVLogger(tmp_path, flush_logs_every_n_steps=1)
+    for step in (8, 9, 10, 11, 12):
+        first.log_metrics({"loss": float(step)}, step=step)
+    resumed = CSVLogger(tmp_path)
+    resumed.load_state_dict(first.state_dict())
+    resumed.resume_after(10)
+    for step in (10, 11):
+        resumed.log_metrics({"loss": -float(step)}, step=step)
+    resumed.finalize("success")
+    assert read_rows(resumed)[1] == [["8", "8.0"], ["9", "9.0"], ["10", "10.0"], ["10", "-10.0"], ["11", "-11.0"]]
+    # The same logger resumed again in this process (a second fit, from the checkpoint of step 9).
+    resumed.resume_after(9)
+    resumed.log_metrics({"loss": 0.5}, step=10)
+    resumed.finalize("success")
+    assert read_rows(resumed)[1] == [["8", "8.0"], ["9", "9.0"], ["10", "0.5"]]
+
+
 def test_load_state_dict_after_writing_is_an_error(tmp_path):
     logger = CSVLogger(tmp_path)
     logger.log_metrics({"loss": 1.0}, step=0)

@@ -1,10 +1,12 @@
 """Faults in one process: NaN losses, out of memory, disk full while checkpointing, failing loggers and callbacks."""
 import errno
 import os
+import random
 import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -82,6 +84,53 @@ def test_nan_skip_inside_an_accumulation_window_drops_the_window(tmp_path):
         trainer.fit(model, loader(32))
     assert trainer.global_step == 3  # 4 windows of 2, one dropped
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+class Noisy(surge.Module):
+    """Dropout, plus noise from Python's and NumPy's generators: every step draws from all three streams."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(32, 16), torch.nn.Dropout(0.5), torch.nn.Linear(16, 2))
+
+    def training_step(self, batch, batch_idx):
+        noise = 1.0 + 0.01 * random.random() + 0.01 * float(np.random.rand())
+        return self.net(batch).pow(2).mean() * noise
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+def _noisy_fit(tmp_path, batches, **kwargs):
+    """``Noisy`` trained one epoch on ``batches`` (a list, in order) from the same seeds; with the next
+    number of each random stream after fit."""
+    torch.manual_seed(0), random.seed(0), np.random.seed(0)
+    model = Noisy()
+    trainer = quiet(tmp_path, max_epochs=1, **kwargs)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not finite.*")
+        trainer.fit(model, DataLoader(batches, batch_size=None))
+    return trainer, model, (torch.rand(1).item(), random.random(), float(np.random.rand()))
+
+
+@pytest.mark.parametrize("accumulate, bad, dropped", [
+    (1, (2, 5), (2, 5)),
+    # the first micro-batch of window (2, 3) and the second of window (6, 7): both windows go, whole
+    (2, (2, 7), (2, 3, 6, 7)),
+    (3, (4,), (3, 4, 5)),
+])
+def test_nan_skip_is_a_run_that_never_saw_the_dropped_windows(tmp_path, accumulate, bad, dropped):
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(4, 32, generator=g) for _ in range(12)]
+    poisoned = [b * float("nan") if i in bad else b for i, b in enumerate(batches)]
+    trainer, model, streams = _noisy_fit(tmp_path, poisoned, on_nan="skip", accumulate_grad_batches=accumulate)
+    clean = [b for i, b in enumerate(batches) if i not in dropped]
+    reference_trainer, reference, reference_streams = _noisy_fit(tmp_path, clean, accumulate_grad_batches=accumulate)
+    assert trainer.global_step == reference_trainer.global_step == len(clean) // accumulate
+    assert trainer._nan.skipped == len(bad)
+    for a, b in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(a, b)  # bit for bit: the dropped windows' random numbers were given back
+    assert streams == reference_streams  # torch, Python and NumPy continue where the reference's do
 
 
 def test_on_nan_is_checked():

@@ -67,7 +67,7 @@ class ModelCheckpoint(Callback):
         self.best_model_path = ""
         self.best_model_score: Optional[torch.Tensor] = None
         self.last_model_path = ""
-        self._last_global_step_saved = -1
+        self._last_global_step_saved = 0  # as in Lightning: before the first optimizer step there is nothing to save
 
     @property
     def state_key(self) -> str:
@@ -76,13 +76,27 @@ class ModelCheckpoint(Callback):
 
     # ------------------------------------------------------------------ when to save
     def setup(self, trainer, module, stage: str) -> None:
+        """Resolve the folder, and tidy what killed saves left in it (rank 0; the others wait): before the
+        Trainer looks for ``ckpt_path="last"``, so that a commit a crash interrupted is finished or undone."""
         self._resolve_dirpath(trainer)
+        if trainer.is_global_zero:
+            from ..checkpoint_search import tidy
+
+            for note in tidy(self.dirpath, self.FILE_EXTENSION):
+                print(f"ModelCheckpoint: {note}", flush=True)
+        trainer.strategy.barrier("ModelCheckpoint.setup")
 
     def _resolve_dirpath(self, trainer) -> None:
         """Default folder: ``<log_dir>/checkpoints``; re-run once a resume restored the logger's version."""
         if self.dirpath is None or self._dirpath_from_logger:
             base = trainer.log_dir if trainer.loggers else trainer.default_root_dir
             self.dirpath = os.path.join(base, "checkpoints")
+
+    def on_train_start(self, trainer, module) -> None:
+        # A resumed run starts at the step its checkpoint holds: saving that step again would write the same
+        # state twice (or, in the accumulation window after it, a state that lacks the window's gradients).
+        if trainer.ckpt_path is not None:
+            self._last_global_step_saved = trainer.global_step
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         n = self.every_n_train_steps
@@ -98,6 +112,22 @@ class ModelCheckpoint(Callback):
             return
         self._save(trainer, module)
 
+    def on_train_end(self, trainer, module) -> None:
+        """Save the state fit ends with, as this callback's schedule says, unless this step is saved already.
+
+        A fit that stops inside an epoch (``max_steps``, ``should_stop``) under an epoch schedule saves as
+        at that epoch's end, as Lightning does there: a top-k candidate (ranked by ``monitor`` when it was
+        logged) when ``every_n_epochs`` is due. Off the schedule (a step schedule, an epoch that
+        ``every_n_epochs`` skips) no top-k candidate is added, but ``last.ckpt`` (when ``save_last``) is
+        always the state fit ended with.
+        """
+        if trainer.global_step == self._last_global_step_saved:
+            return
+        inside_epoch = trainer.state.batch_idx > 0  # the loop resets it to 0 when an epoch completes
+        top_k = inside_epoch and self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        if top_k or self.save_last:
+            self._save(trainer, module, top_k=top_k)
+
     def _saves_on_train_epoch_end(self, trainer) -> bool:
         if self.save_on_train_epoch_end is not None:
             return self.save_on_train_epoch_end
@@ -110,20 +140,23 @@ class ModelCheckpoint(Callback):
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
     # ------------------------------------------------------------------ saving
-    def _save(self, trainer, module) -> None:
+    def _save(self, trainer, module, top_k: bool = True) -> None:
+        """Save a top-k candidate (when ``top_k``) and ``last.ckpt`` (when ``save_last``) of this step."""
         if trainer.fast_dev_run or trainer.sanity_checking:
             return
         metrics = dict(trainer.callback_metrics)
         self._last_global_step_saved = trainer.global_step
         # Rank first and build the checkpoint after, so that the state it records (best_k_models,
         # last_model_path) already names the files it is written to; a resume then keeps them.
-        top_k_path, stale = self._update_top_k(trainer, metrics) if self.save_top_k != 0 else (None, [])
+        top_k_path, stale = self._update_top_k(trainer, metrics) if top_k and self.save_top_k != 0 else (None, [])
         last_path = None
         if self.save_last:
             last_path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
             self.last_model_path = last_path
         if top_k_path is not None or last_path is not None:
-            checkpoint = trainer._checkpoint_dict(self.save_weights_only)
+            trainer._note_checkpoint()  # the loggers write out the history this checkpoint covers
+            with trainer._rng_of_training():  # after a validation: the random state training continues with
+                checkpoint = trainer._checkpoint_dict(self.save_weights_only)
             if top_k_path is not None:
                 self._write(trainer, checkpoint, top_k_path)
                 if self.verbose and trainer.is_global_zero:
@@ -142,14 +175,21 @@ class ModelCheckpoint(Callback):
         """Rank this save among the best k: ``(path to write or None, paths that dropped out)``."""
         score = None
         if self.monitor is not None:
-            if self.monitor not in metrics:
+            # Every rank must take the same branch (each builds the checkpoint: its random state goes in),
+            # and a metric logged without sync_dist differs across ranks: rank 0's value decides for all.
+            mine = float(metrics[self.monitor]) if self.monitor in metrics else None
+            if trainer.world_size > 1:
+                mine = trainer.strategy.broadcast(mine)
+            if mine is None:
                 rank_zero_warn(f"ModelCheckpoint(monitor={self.monitor!r}) found no such metric; logged: {sorted(metrics)}."
                                f" Not saving a top-k checkpoint this time.")
                 return None, []
-            score = float(metrics[self.monitor])
+            score = mine
             if math.isnan(score):
                 score = math.inf if self.mode == "min" else -math.inf
         path = self._path(trainer, metrics)
+        if trainer.world_size > 1:  # a name filled in with metrics: one file (or one sharded folder) for all
+            path = trainer.strategy.broadcast(path)
         if self.monitor is None:
             # No metric: the newest checkpoints are the best ones.
             score = float(trainer.global_step)
@@ -191,11 +231,12 @@ class ModelCheckpoint(Callback):
         return os.path.join(self.dirpath, name + self.FILE_EXTENSION)
 
     def find_existing(self, trainer) -> list[str]:
-        """Checkpoint files already in this callback's folder (for ``ckpt_path="last"``)."""
-        if self.dirpath is None or not os.path.isdir(self.dirpath):
-            return []
-        return [os.path.join(self.dirpath, f) for f in os.listdir(self.dirpath)
-                if f.endswith(self.FILE_EXTENSION) and not f.startswith(".")]
+        """Checkpoints already in this callback's folder: files or sharded folders named ``*.ckpt``, without
+        the temporaries of saves in progress. (Which of them ``ckpt_path="last"`` means, and in which run's
+        folder, is :mod:`surge.checkpoint_search`'s job.)"""
+        from ..checkpoint_search import checkpoints_in
+
+        return checkpoints_in(self.dirpath) if self.dirpath is not None else []
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:

@@ -37,6 +37,8 @@ class Logger:
         self._save_dir = os.fspath(save_dir) if save_dir is not None else None
         self._name = name or ""
         self._version = version
+        # A version given by the user names the run: ckpt_path="last" looks in its folder only.
+        self._explicit_version = version is not None
         self._prefix = prefix or ""
         self._experiment = None
 

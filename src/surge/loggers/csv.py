@@ -16,7 +16,8 @@ class CSVExperimentWriter:
     The header is ``step`` followed by every metric key in order of first appearance. A key that
     shows up after rows are on disk widens the header: the file is rewritten and the old rows get
     empty cells. If ``metrics.csv`` already exists (a resumed run), its rows are kept, except those
-    at or after the first step this writer logs, which the new run replaces.
+    the new run replaces: the rows after :meth:`resume_after`'s step when the Trainer resumed from a
+    checkpoint, otherwise those at or after the first step this writer logs.
 
     Example::
 
@@ -32,6 +33,7 @@ class CSVExperimentWriter:
         self._pending: list[dict[str, str]] = []  # rows not yet on disk
         self._disk_keys: list[str] | None = None  # header of the file on disk; None: no file yet
         self._drop_from: int | None = None  # old rows with step >= this are replaced by ours
+        self._resumed_at: int | None = None  # the step of the checkpoint this run resumed from
         self._started = False
 
     @property
@@ -39,11 +41,27 @@ class CSVExperimentWriter:
         """Whether any row was logged yet."""
         return self._started
 
+    def resume_after(self, step: int) -> None:
+        """This run continues a checkpoint of global step ``step``: the rows of an existing ``metrics.csv``
+        up to that step stay (the run does not repeat them), the later ones are replaced by this run's.
+
+        Example: ``writer.resume_after(100)``, then ``writer.log_metrics(...)`` from step 101 (or 100 again,
+        a micro-batch after that step's optimizer step).
+        """
+        if not self._started:
+            self._resumed_at = int(step)  # read at the first row, with the file's header
+            return
+        # The same writer goes on (another fit in this process): what it logged goes to disk, then the rows
+        # after the checkpoint's step are dropped at the next write.
+        self.save()
+        if self._disk_keys is not None:
+            self._drop_from = int(step) + 1
+
     def log_metrics(self, metrics: Mapping[str, int | float], step: int) -> None:
         """Buffer one row; ``metrics`` values must already be Python numbers."""
         if not self._started:
             self._started = True
-            self._adopt_existing(int(step))
+            self._adopt_existing(int(step) if self._resumed_at is None else self._resumed_at + 1)
         row = {}
         for key, value in metrics.items():
             if key == "step":  # the step column always holds the step argument
@@ -112,7 +130,10 @@ class CSVLogger(Logger):
     """Log metrics to ``save_dir/name/version_N/metrics.csv`` and hparams to ``hparams.yaml``.
 
     Rows are buffered and written every ``flush_logs_every_n_steps`` calls to
-    :meth:`log_metrics`, and at :meth:`save` / :meth:`finalize`. Each call is one row.
+    :meth:`log_metrics`, and at :meth:`save` / :meth:`finalize`. Each call is one row. During fit the
+    Trainer also calls :meth:`save` whenever ModelCheckpoint writes a checkpoint (and once that step's
+    rows are logged) and before a preemption exit, so a run killed after a checkpoint keeps every row
+    up to it.
 
     Example::
 
@@ -149,6 +170,11 @@ class CSVLogger(Logger):
         self._calls += 1
         if self._calls % self._flush_every == 0:
             self.save()
+
+    def resume_after(self, step: int) -> None:
+        """The run resumed from a checkpoint of global step ``step``: rows of ``metrics.csv`` after it are
+        replaced by the new run's, rows up to it are kept (the Trainer calls this at a resumed fit)."""
+        self.experiment.resume_after(step)
 
     def save(self) -> None:
         """Write all buffered rows to ``metrics.csv``."""

@@ -110,13 +110,15 @@ class DDP(NamedCollectives, Strategy):
         if self._launcher is None and not self.cluster.creates_processes_externally and len(self.device_ids) > 1:
             self._launcher = LocalLauncher(self.cluster, len(self.device_ids))
             self._launcher.start()
+        if self._launcher is not None:  # ranks leaving after a preemption save agreed by all are no failure
+            preemption = getattr(getattr(fn, "__self__", None), "_preemption", None)
+            self._launcher.leaving_code = lambda: preemption.exit_code if getattr(preemption, "acted", False) else None
         try:
             return fn(*args, **kwargs)
-        except BaseException:
+        except BaseException as err:
             self._failed = True
-            # The other ranks would wait for this one in their next collective: stop them now.
-            if self._launcher is not None:
-                self._launcher.terminate()
+            if self._launcher is not None:  # the other ranks would wait for this one in their next collective
+                self._launcher.stop(err)
             raise
 
     def setup_environment(self) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
 import warnings
 from datetime import timedelta
@@ -33,6 +32,7 @@ from ..utils import MisconfigurationError
 from .ddp import DDP, _StepRouter
 from .fsdp_checkpoint import (META_FILE, PendingSave, _optim_ids_to_names, _optim_names_to_ids,  # noqa: F401
                               _read_meta, commit_folder, consolidate, main, read_sharded_checkpoint)
+from .fsdp_commit import agree_on_failure, save_sharded
 from .strategy import register
 
 STATE_DICT_TYPES = ("sharded", "full")
@@ -292,55 +292,37 @@ class FSDP(DDP):
         return _optim_names_to_ids(state) if full and state else state
 
     def save_checkpoint(self, checkpoint: dict, path: str) -> None:
-        """Full: rank 0 writes one file. Sharded: every rank writes its shards into a new directory,
-        rank 0 adds ``surge_meta.pt`` and swaps the directory in for ``path`` when all are done, so a
-        crash leaves the old checkpoint or the new one, never a mix. With ``async_save`` inside a stage
+        """Full: rank 0 writes one file. Sharded: every rank writes its shards into a new directory
+        ``.NAME.tmp``, rank 0 adds ``surge_meta.pt`` and swaps the directory in for ``path`` when all are
+        done, so a crash leaves the old checkpoint or the new one, never a mix (one left aside by a crash
+        mid-swap is put back at the next start: :mod:`.fsdp_commit`). With ``async_save`` inside a stage
         the shards are written in the background and the swap happens when they are all on disk; a
-        save outside a stage (``trainer.save_checkpoint`` after fit) is synchronous: nothing would wait."""
+        save outside a stage (``trainer.save_checkpoint`` after fit) is synchronous: nothing would wait.
+        A failed write (disk full) removes the new directory and raises ``CheckpointWriteError``, naming
+        the file and the OS error, on every rank."""
         if self.state_dict_type == "full":
             return super().save_checkpoint(checkpoint, path)
-        import torch.distributed.checkpoint as dcp
-
         self.wait_for_checkpoint()  # one save at a time (its staging copy is freed), committed before the next
-        path = os.path.abspath(path)
-        tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
-        if self.is_global_zero:
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(tmp)
-        self.barrier("fsdp_save_start")
-        optimizer_states = checkpoint.get("optimizer_states")
-        sharded = {"state_dict": checkpoint["state_dict"]}
-        if optimizer_states is not None:
-            sharded["optimizer_states"] = {str(i): s for i, s in enumerate(optimizer_states)}
-        if self.is_global_zero:
-            # Small plain data, written first: the folder counts as complete only once DCP's .metadata
-            # is there too, and it is renamed into place only then.
-            meta = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
-            meta["sharded"] = {"world_size": self.world_size,
-                               "optimizers": None if optimizer_states is None else len(optimizer_states)}
-            torch.save(meta, os.path.join(tmp, META_FILE))
-        if self.async_save and self._in_stage:
-            # DCP's .metadata is written by rank 0 after every rank reported its shards written, so rank 0's
-            # future completing means the whole folder is on disk: then commit it (in the writer thread).
-            future = dcp.async_save(sharded, checkpoint_id=tmp, process_group=self._ckpt_group)
-            commit = (lambda: commit_folder(tmp, path)) if self.is_global_zero else None
-            self._pending = PendingSave(future, path, commit)
-            return
-        dcp.save(sharded, checkpoint_id=tmp)
-        if self.is_global_zero:
-            commit_folder(tmp, path)
-        self.barrier("fsdp_save_end")
+        self._pending = save_sharded(self, checkpoint, os.path.abspath(path),
+                                     self._ckpt_group if self.async_save and self._in_stage else None)
 
     def wait_for_checkpoint(self, collective: bool = True) -> None:
         """Wait until the asynchronous save in flight (if any) is written and committed; raise its error.
-        ``collective``: then meet the other ranks, so that the checkpoint is complete for all of them.
+        ``collective``: then meet the other ranks, so that the checkpoint is complete for all of them (and
+        all raise if the save failed on any: rank 0's commit can fail alone).
         (The Trainer calls it before a preemption exit: the job may be killed once it is requeued.)"""
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        pending.wait(timeout=self.timeout.total_seconds())
-        if collective:
-            self.barrier("fsdp_async_save_committed")
+        if not collective:
+            pending.wait(timeout=self.timeout.total_seconds())
+            return
+        failure = None
+        try:
+            pending.wait(timeout=self.timeout.total_seconds())
+        except CheckpointError as err:
+            failure = err
+        agree_on_failure(self, failure, f"finish the asynchronous save of checkpoint {pending.path!r}")
 
     def remove_checkpoint(self, path: str) -> None:
         """Delete a checkpoint (ModelCheckpoint's stale top-k): with a save in flight, only once that save
@@ -355,15 +337,24 @@ class FSDP(DDP):
         if not os.path.isdir(path):
             return load_checkpoint(path, map_location="cpu")
         import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.api import CheckpointException
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
+        from .dcp_safety import SafeReader, unwrap_dcp_error
+
+        # Every rank reads and checks surge_meta.pt and .metadata itself before any collective: a bad folder
+        # is the same CheckpointError on every rank, and nothing in it is unpickled unchecked.
         ckpt = _read_meta(path)
         count = ckpt.pop("sharded").get("optimizers")
+        reader = SafeReader(path)
         wanted = {"state_dict": get_model_state_dict(self.module)}
         load_optim = count is not None and count == len(optimizers) and count > 0
         if load_optim:
             wanted["optimizer_states"] = {str(i): get_optimizer_state_dict(self.module, o) for i, o in enumerate(optimizers)}
-        dcp.load(wanted, checkpoint_id=path)
+        try:
+            dcp.load(wanted, storage_reader=reader)
+        except (Exception, CheckpointException) as err:  # noqa: BLE001  (DCP gathers every rank's failure)
+            raise unwrap_dcp_error(err, path) from err
         ckpt["state_dict"] = wanted["state_dict"]
         if count is not None:  # a count that does not match: the Trainer names the mismatch
             ckpt["optimizer_states"] = [wanted["optimizer_states"][str(i)] for i in range(count)] if load_optim \
