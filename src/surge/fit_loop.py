@@ -148,29 +148,6 @@ class FitLoop:
         self._preemption.requeue(self)
         raise SystemExit(self._preemption.exit_code)
 
-    # ------------------------------------------------------------------ what the loggers keep
-    def _note_checkpoint(self) -> None:
-        """A checkpoint of this step is being written. The loggers write out what they buffered now, and
-        again once this step's own rows are logged (end of the batch or epoch), so that the history the
-        checkpoint covers is on disk as soon as the checkpoint is: a run killed after it loses no row."""
-        self._flush_loggers()
-        self._flush_due = True
-
-    def _flush_loggers(self) -> None:
-        if self.is_global_zero:
-            for lg in self.loggers:
-                self._logger_guard.call(lg, "save")
-
-    def _continue_csv_history(self) -> None:
-        """A resumed fit: each CSVLogger keeps the rows up to the checkpoint's step and replaces the later
-        ones (the killed run may have written some past its checkpoint), so no step appears twice."""
-        from .loggers.csv import CSVLogger
-
-        if self.is_global_zero:
-            for lg in self.loggers:
-                if isinstance(lg, CSVLogger):
-                    self._logger_guard.call(lg, "resume_after", self.state.global_step)
-
     def _position_epoch(self) -> tuple[int, bool]:
         """Prepare the training loader for this epoch; return the batches to skip and whether they must be
         read and dropped (loaders surge cannot skip inside) rather than skipped in the sampler."""

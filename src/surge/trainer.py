@@ -80,7 +80,8 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
         preemption_grace: seconds from the first such signal to the step boundary that saves; when none comes
             in time (a stuck step or collective), exit with ``requeue_exit_code`` without saving, saying so in
             one line (the checkpoints on disk are intact). None: wait for the boundary however long it takes.
-        on_nan: a NaN/inf loss "raise"s (stop, naming step and batch) or "skip"s that update, counted in
+        on_nan: a NaN/inf loss "raise"s (stop, naming step and batch) or "skip"s its whole accumulation
+            window as if the run had never seen it (no step, random streams put back), counted in
             ``train/nan_skipped`` (docs/reliability.md).
         profiler: None, "simple", "advanced", "pytorch" or a :class:`surge.profiler.Profiler` (docs/instruments.md).
         compile: True or a dict of ``torch.compile`` arguments: compile the module's forward (``self(x)``) at
