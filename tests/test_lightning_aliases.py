@@ -26,6 +26,59 @@ def test_names_are_surges_own_objects():
     assert pl.utilities.rank_zero_only is surge.rank_zero_only
 
 
+# Lightning's module paths (lightning.pytorch.X / pytorch_lightning.X) and the surge object each name is.
+LIGHTNING_PATHS = [
+    ("core", "LightningModule", "surge.Module"),
+    ("core.module", "LightningModule", "surge.Module"),
+    ("core.datamodule", "LightningDataModule", "surge.DataModule"),
+    ("trainer", "Trainer", "surge.Trainer"),
+    ("trainer.trainer", "Trainer", "surge.Trainer"),
+    ("callbacks.callback", "Callback", "surge.Callback"),
+    ("callbacks.model_checkpoint", "ModelCheckpoint", "surge.ModelCheckpoint"),
+    ("callbacks.early_stopping", "EarlyStopping", "surge.EarlyStopping"),
+    ("callbacks.lr_monitor", "LearningRateMonitor", "surge.callbacks.LearningRateMonitor"),
+    ("callbacks.model_summary", "ModelSummary", "surge.callbacks.ModelSummary"),
+    ("callbacks.device_stats_monitor", "DeviceStatsMonitor", "surge.callbacks.DeviceStatsMonitor"),
+    ("callbacks.throughput_monitor", "ThroughputMonitor", "surge.callbacks.ThroughputMonitor"),
+    ("callbacks.progress", "TQDMProgressBar", "surge.callbacks.TQDMProgressBar"),
+    ("callbacks.progress.tqdm_progress", "TQDMProgressBar", "surge.callbacks.TQDMProgressBar"),
+    ("callbacks.progress.progress_bar", "ProgressBar", "surge.callbacks.ProgressBar"),
+    ("callbacks", "ThroughputMonitor", "surge.callbacks.ThroughputMonitor"),
+    ("loggers.logger", "Logger", "surge.loggers.Logger"),
+    ("loggers.csv_logs", "CSVLogger", "surge.loggers.CSVLogger"),
+    ("loggers.tensorboard", "TensorBoardLogger", "surge.loggers.TensorBoardLogger"),
+    ("loggers", "MLFlowLogger", "surge.loggers.MLflowLogger"),
+    ("loggers.mlflow", "MLFlowLogger", "surge.loggers.MLflowLogger"),
+    ("utilities.exceptions", "MisconfigurationException", "surge.utils.MisconfigurationError"),
+]
+
+
+def _resolve(dotted: str):
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("path, name, target", LIGHTNING_PATHS)
+def test_lightnings_module_paths_hold_surges_objects(path, name, target):
+    namespace: dict = {}
+    exec(f"from surge.lightning.{path} import {name}", namespace)
+    assert namespace[name] is _resolve(target)
+
+
+def test_misconfiguration_exception_catches_what_surge_raises():
+    from surge.lightning.utilities.exceptions import MisconfigurationException
+
+    with pytest.raises(MisconfigurationException, match="max_epochs"):
+        surge.Trainer(max_epochs="three")
+
+
+def test_a_name_lightning_has_and_surge_does_not_is_absent_not_a_stub():
+    with pytest.raises(AttributeError, match="StochasticWeightAveraging"):
+        pl.callbacks.StochasticWeightAveraging  # noqa: B018  (issue 17: not built yet)
+    with pytest.raises(ImportError):
+        exec("from surge.lightning.callbacks import StochasticWeightAveraging", {})
+
+
 @pytest.mark.parametrize("statement", [
     "from surge.lightning import Trainer, LightningModule, LightningDataModule, seed_everything",
     "from surge.lightning.callbacks import ModelCheckpoint, EarlyStopping, LearningRateMonitor, TQDMProgressBar",

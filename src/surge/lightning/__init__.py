@@ -16,8 +16,8 @@ from ..datamodule import DataModule as LightningDataModule
 from ..module import Module as LightningModule
 from ..seed import seed_everything
 from ..trainer import Trainer
-from . import callbacks, loggers, utilities
+from . import callbacks, core, loggers, trainer, utilities
 from .utilities import rank_zero_only
 
 __all__ = ["LightningModule", "LightningDataModule", "Trainer", "Callback", "seed_everything", "callbacks",
-           "loggers", "utilities", "rank_zero_only"]
+           "core", "loggers", "trainer", "utilities", "rank_zero_only"]

@@ -1,0 +1,4 @@
+"""``surge.lightning.trainer``: ``Trainer`` is :class:`surge.Trainer`."""
+from .trainer import Trainer
+
+__all__ = ["Trainer"]
