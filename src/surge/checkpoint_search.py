@@ -238,12 +238,13 @@ def find_last(trainer, fit: bool) -> tuple[Optional[str], str]:
     if own or explicit:
         found = newest(own + [p for folder in explicit for p in checkpoints_in(folder)])
         if found is not None and fit:
-            _warn_if_alive(trainer.log_dir)
+            warn_if_alive(trainer.log_dir)
         return found, "in " + (", ".join(explicit) or "this trainer's checkpoint folder")
     return _search(trainer, fit)
 
 
-def _warn_if_alive(run_folder: str) -> None:
+def warn_if_alive(run_folder: str) -> None:
+    """Warn (rank 0) when another live process holds ``run_folder``'s run lock: two runs would share it."""
     alive, record = inspect(run_folder)
     if alive:
         from .utils import rank_zero_warn

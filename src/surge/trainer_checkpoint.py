@@ -123,7 +123,7 @@ class CheckpointHandling:
             return  # checkpoints in folders the user named: they are the run's identity, and log_dir is not theirs
         try:
             if not checkpoint_search.claim(self.log_dir):
-                checkpoint_search._warn_if_alive(self.log_dir)
+                checkpoint_search.warn_if_alive(self.log_dir)
         except OSError as err:  # an unwritable folder: the save itself reports it, naming the file
             rank_zero_warn(f"cannot mark {self.log_dir} as this run's folder ({err}); ckpt_path='last' in another "
                            f"process cannot tell whether this run is alive")

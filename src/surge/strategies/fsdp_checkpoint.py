@@ -12,8 +12,6 @@ import threading
 from concurrent.futures import Future
 from typing import Callable, Optional
 
-import torch
-
 from ..checkpoint import (CheckpointError, CheckpointWriteError, _check_format_version, _fsync_dir, _os_error_of,
                           remove_checkpoint_files, save_checkpoint)
 from ..checkpoint_checks import check_fields, torch_load_checked
