@@ -27,7 +27,7 @@ class FitLoop:
     def _fit_loop(self) -> None:
         self._flush_due = False
         if self._ckpt_path is not None:
-            self._continue_csv_history()
+            self._continue_logger_history()
         self._log_hyperparams()
         self._call("on_fit_start")
         self._sanity_check()

@@ -114,12 +114,9 @@ class MetricsHandling:
             for lg in self.loggers:
                 self._logger_guard.call(lg, "save")
 
-    def _continue_csv_history(self) -> None:
-        """A resumed fit: each CSVLogger keeps the rows up to the checkpoint's step and replaces the later
-        ones (the killed run may have written some past its checkpoint), so no step appears twice."""
-        from .loggers.csv import CSVLogger
-
+    def _continue_logger_history(self) -> None:
+        """A resumed fit: each logger keeps the history up to the checkpoint's step and replaces the later
+        rows (the killed run may have written some past its checkpoint), so no step appears twice."""
         if self.is_global_zero:
             for lg in self.loggers:
-                if isinstance(lg, CSVLogger):
-                    self._logger_guard.call(lg, "resume_after", self.state.global_step)
+                self._logger_guard.call(lg, "resume_after", self.state.global_step)

@@ -125,6 +125,11 @@ class Logger:
         self.save()
 
     # ------------------------------------------------------------------ resume
+    def resume_after(self, step: int) -> None:
+        """The run resumed from a checkpoint of global step ``step`` (the Trainer calls it at the start of a
+        resumed fit): a logger whose files hold per-step history keeps what it wrote up to that step and
+        replaces what a killed run wrote after it (no-op in the base class; :class:`CSVLogger` does it)."""
+
     def state_dict(self) -> dict:
         """Plain data that lets a resumed run write into the same folder: ``{"version": N}``."""
         return {"version": self.version}
