@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import surge
 from surge.checkpoint import CheckpointError
-from surge.demos.boring import BoringModel, RandomDataset
+from surge.demos.toy import ToyModel, ToyDataset
 from surge.utils import MisconfigurationError, SurgeError
 
 
@@ -33,7 +33,7 @@ class NoTrainingStep(surge.Module):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
     def train_dataloader(self):
-        return DataLoader(RandomDataset(32, 16), batch_size=8)
+        return DataLoader(ToyDataset(32, 16), batch_size=8)
 
 
 class NoOptimizers(surge.Module):
@@ -45,7 +45,7 @@ class NoOptimizers(surge.Module):
         return self.layer(batch).sum()
 
     def train_dataloader(self):
-        return DataLoader(RandomDataset(32, 16), batch_size=8)
+        return DataLoader(ToyDataset(32, 16), batch_size=8)
 
 
 def test_module_without_training_step(tmp_path):
@@ -66,7 +66,7 @@ def test_plain_nn_module(tmp_path):
         make_trainer(tmp_path).test("model")
 
 
-class Returns(BoringModel):
+class Returns(ToyModel):
     def __init__(self, what):
         super().__init__()
         self.what = what
@@ -96,7 +96,7 @@ def test_training_step_bad_return(tmp_path, what, message):
 
 
 def test_configure_optimizers_returning_a_string(tmp_path):
-    class StrOpt(BoringModel):
+    class StrOpt(ToyModel):
         def configure_optimizers(self):
             return "adam"
 
@@ -105,7 +105,7 @@ def test_configure_optimizers_returning_a_string(tmp_path):
 
 
 def test_configure_optimizers_returning_none(tmp_path):
-    class NoneOpt(BoringModel):
+    class NoneOpt(ToyModel):
         def configure_optimizers(self):
             return None
 
@@ -114,7 +114,7 @@ def test_configure_optimizers_returning_none(tmp_path):
 
 
 def test_nan_loss_names_the_step(tmp_path):
-    class GoesNaN(BoringModel):
+    class GoesNaN(ToyModel):
         def training_step(self, batch, batch_idx):
             loss = self.loss(batch)
             if self.global_step == 3:
@@ -130,7 +130,7 @@ def test_nan_loss_names_the_step(tmp_path):
 
 
 def test_inf_loss_names_the_step(tmp_path):
-    class GoesInf(BoringModel):
+    class GoesInf(ToyModel):
         def training_step(self, batch, batch_idx):
             return self.loss(batch) * (math.inf if self.global_step == 1 else 1.0)
 
@@ -178,23 +178,26 @@ def test_bad_trainer_arguments(tmp_path, kwargs, message):
 
 # ---------------------------------------------------------------- data
 def test_empty_train_dataloader(tmp_path):
+    # As in Lightning: a warning that names the loader, and fit trains nothing (no error).
     empty = DataLoader(TensorDataset(torch.zeros(0, 32)), batch_size=4)
-    with pytest.raises(SurgeError, match=r"training dataloader has no batches"):
-        make_trainer(tmp_path).fit(BoringModel(), train_dataloaders=empty)
+    trainer = make_trainer(tmp_path)
+    with pytest.warns(UserWarning, match=r"the train_dataloaders argument has no batches, so fit trains nothing"):
+        trainer.fit(ToyModel(), train_dataloaders=empty)
+    assert trainer.global_step == 0
 
 
 def test_train_dataloader_not_iterable(tmp_path):
     with pytest.raises(MisconfigurationError, match=r"train_dataloaders argument gave a int, which is not iterable"):
-        make_trainer(tmp_path).fit(BoringModel(), train_dataloaders=5)
+        make_trainer(tmp_path).fit(ToyModel(), train_dataloaders=5)
 
 
 def test_limit_fraction_rounding_to_zero(tmp_path):
     with pytest.raises(MisconfigurationError, match=r"limit_train_batches=0.01 of a dataloader of 8 batches is 0"):
-        make_trainer(tmp_path, limit_train_batches=0.01).fit(BoringModel())
+        make_trainer(tmp_path, limit_train_batches=0.01).fit(ToyModel())
 
 
 def test_test_without_test_step(tmp_path):
-    class NoTest(BoringModel):
+    class NoTest(ToyModel):
         test_step = None
 
     with pytest.raises(MisconfigurationError, match=r"trainer.test\(\) needs NoTest.test_step, which is not defined"):
@@ -209,36 +212,36 @@ def test_validate_without_model(tmp_path):
 # ---------------------------------------------------------------- checkpoints
 def test_ckpt_path_best_without_best(tmp_path):
     with pytest.raises(MisconfigurationError, match=r'ckpt_path="best" but no best checkpoint exists yet \(checkpointing is disabled\)'):
-        make_trainer(tmp_path).test(BoringModel(), ckpt_path="best", verbose=False)
+        make_trainer(tmp_path).test(ToyModel(), ckpt_path="best", verbose=False)
     trainer = make_trainer(tmp_path, enable_checkpointing=True)
     with pytest.raises(MisconfigurationError, match=r'ckpt_path="best" but no best checkpoint exists yet; run fit'):
-        trainer.validate(BoringModel(), ckpt_path="best", verbose=False)
+        trainer.validate(ToyModel(), ckpt_path="best", verbose=False)
 
 
 def test_ckpt_path_last_without_checkpoint_for_test(tmp_path):
     with pytest.raises(MisconfigurationError, match=r'ckpt_path="last" found no checkpoint'):
-        make_trainer(tmp_path).test(BoringModel(), ckpt_path="last", verbose=False)
+        make_trainer(tmp_path).test(ToyModel(), ckpt_path="last", verbose=False)
 
 
 def test_ckpt_path_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match=r"does not exist"):
-        make_trainer(tmp_path).test(BoringModel(), ckpt_path=str(tmp_path / "nope.ckpt"), verbose=False)
+        make_trainer(tmp_path).test(ToyModel(), ckpt_path=str(tmp_path / "nope.ckpt"), verbose=False)
 
 
 def test_checkpoint_of_a_plain_tensor(tmp_path):
     path = tmp_path / "tensor.ckpt"
     torch.save(torch.zeros(3), path)
     with pytest.raises(CheckpointError, match=r"is not a surge checkpoint: expected a dict with a 'state_dict' key, got Tensor"):
-        make_trainer(tmp_path).fit(BoringModel(), ckpt_path=str(path))
+        make_trainer(tmp_path).fit(ToyModel(), ckpt_path=str(path))
     with pytest.raises(CheckpointError, match=r"is not a surge checkpoint"):
-        BoringModel.load_from_checkpoint(path)
+        ToyModel.load_from_checkpoint(path)
 
 
 def test_checkpoint_of_a_dict_without_state_dict(tmp_path):
     path = tmp_path / "dict.ckpt"
     torch.save({"weights": torch.zeros(3)}, path)
     with pytest.raises(CheckpointError, match=r"is not a surge checkpoint.*got dict with keys \['weights'\]"):
-        make_trainer(tmp_path).test(BoringModel(), ckpt_path=str(path), verbose=False)
+        make_trainer(tmp_path).test(ToyModel(), ckpt_path=str(path), verbose=False)
 
 
 @pytest.mark.parametrize("text", ["these are not the weights you are looking for\n", "hello", "0.5,0.2\n1,2\n",
@@ -247,12 +250,12 @@ def test_checkpoint_that_is_a_text_file(tmp_path, text):
     path = tmp_path / "notes.ckpt"
     path.write_text(text)
     with pytest.raises(CheckpointError, match=r"notes.ckpt' is truncated or corrupt and cannot be read"):
-        make_trainer(tmp_path).fit(BoringModel(), ckpt_path=str(path))
+        make_trainer(tmp_path).fit(ToyModel(), ckpt_path=str(path))
 
 
 def saved_checkpoint(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=1, limit_val_batches=0)
-    trainer.fit(BoringModel())
+    trainer.fit(ToyModel())
     path = tmp_path / "real.ckpt"
     trainer.save_checkpoint(str(path))
     return path
@@ -264,28 +267,28 @@ def test_truncated_checkpoint(tmp_path, keep):
     data = path.read_bytes()
     path.write_bytes(data[:int(len(data) * keep)])
     with pytest.raises(CheckpointError, match=r"real.ckpt' is truncated or corrupt and cannot be read"):
-        make_trainer(tmp_path).fit(BoringModel(), ckpt_path=str(path))
+        make_trainer(tmp_path).fit(ToyModel(), ckpt_path=str(path))
     with pytest.raises(CheckpointError, match=r"truncated or corrupt"):
-        BoringModel.load_from_checkpoint(path)
+        ToyModel.load_from_checkpoint(path)
 
 
 def test_checkpoint_of_another_model(tmp_path):
     path = saved_checkpoint(tmp_path)
-    with pytest.raises(CheckpointError, match=r"(?s)does not fit BoringModel.*shape mismatches.*layer.weight"):
-        make_trainer(tmp_path).test(BoringModel(size=16), ckpt_path=str(path), verbose=False)
+    with pytest.raises(CheckpointError, match=r"(?s)does not fit ToyModel.*shape mismatches.*layer.weight"):
+        make_trainer(tmp_path).test(ToyModel(size=16), ckpt_path=str(path), verbose=False)
 
 
 def test_checkpoint_with_pickled_object_is_refused(tmp_path):
     path = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {}, "obj": RandomDataset(2, 2)}, path)
+    torch.save({"state_dict": {}, "obj": ToyDataset(2, 2)}, path)
     with pytest.raises(CheckpointError, match=r"refuses it"):
-        make_trainer(tmp_path).test(BoringModel(), ckpt_path=str(path), verbose=False)
+        make_trainer(tmp_path).test(ToyModel(), ckpt_path=str(path), verbose=False)
 
 
 def test_weights_only_checkpoint_cannot_resume(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=1, limit_val_batches=0)
-    trainer.fit(BoringModel())
+    trainer.fit(ToyModel())
     path = tmp_path / "w.ckpt"
     trainer.save_checkpoint(str(path), weights_only=True)
     with pytest.raises(CheckpointError, match=r"holds weights only"):
-        make_trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(BoringModel(), ckpt_path=str(path))
+        make_trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(ToyModel(), ckpt_path=str(path))

@@ -190,8 +190,8 @@ def test_demo_run_is_reproduced_by_surge_fit_with_its_saved_config(tmp_path, mon
 def write_boring_yaml(path, root):
     path.write_text(
         "seed_everything: 0\n"
-        "model:\n  class_path: BoringModel\n  init_args: {lr: 0.05}\n"
-        "data:\n  class_path: BoringDataModule\n"
+        "model:\n  class_path: ToyModel\n  init_args: {lr: 0.05}\n"
+        "data:\n  class_path: ToyDataModule\n"
         "trainer:\n"
         "  max_epochs: 2\n  limit_train_batches: 3\n  limit_val_batches: 2\n  num_sanity_val_steps: 0\n"
         "  enable_progress_bar: false\n  enable_model_summary: false\n"

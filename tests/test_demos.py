@@ -1,4 +1,4 @@
-"""The demos: BoringModel, the digits demo, and the ``surge`` command."""
+"""The demos: ToyModel, the digits demo, and the ``surge`` command."""
 from __future__ import annotations
 
 import glob
@@ -10,20 +10,20 @@ import pytest
 import torch
 
 import surge
-from surge.demos.boring import BoringDataModule, BoringModel, RandomDataset
+from surge.demos.toy import ToyDataModule, ToyModel, ToyDataset
 
 SURGE = os.path.join(os.path.dirname(sys.executable), "surge")
 
 
 def test_random_dataset_is_fixed_by_seed():
-    a, b = RandomDataset(8, 10, seed=3), RandomDataset(8, 10, seed=3)
+    a, b = ToyDataset(8, 10, seed=3), ToyDataset(8, 10, seed=3)
     assert len(a) == 10 and a[0].shape == (8,)
     assert torch.equal(a.data, b.data)
-    assert not torch.equal(a.data, RandomDataset(8, 10, seed=4).data)
+    assert not torch.equal(a.data, ToyDataset(8, 10, seed=4).data)
 
 
 def test_boring_model_all_stages(tmp_path):
-    model = BoringModel()
+    model = ToyModel()
     t = surge.Trainer(default_root_dir=str(tmp_path), max_epochs=2, enable_progress_bar=False,
                       enable_model_summary=False)
     t.fit(model)
@@ -38,7 +38,7 @@ def test_boring_model_all_stages(tmp_path):
 
 
 def test_boring_model_learns(tmp_path):
-    model = BoringModel()
+    model = ToyModel()
     t = surge.Trainer(default_root_dir=str(tmp_path), max_epochs=3, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False)
     before = t.validate(model, verbose=False)[0]["val_loss"]
@@ -50,8 +50,8 @@ def test_boring_model_learns(tmp_path):
 def test_boring_datamodule(tmp_path):
     t = surge.Trainer(default_root_dir=str(tmp_path), max_epochs=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False)
-    dm = BoringDataModule()
-    model = BoringModel()
+    dm = ToyDataModule()
+    model = ToyModel()
     t.fit(model, datamodule=dm)
     assert t.global_step == 8
     assert len(t.predict(model, datamodule=dm)) == 2

@@ -10,7 +10,7 @@ import torch
 
 import surge
 from surge.callbacks.base import Callback
-from surge.demos.boring import BoringModel
+from surge.demos.toy import ToyModel
 
 CALLBACK_HOOKS = [name for name in vars(Callback)
                   if (name.startswith("on_") or name in ("setup", "teardown")) and callable(vars(Callback)[name])]
@@ -21,7 +21,7 @@ MODULE_HOOKS = [name for name in vars(surge.Module) if name.startswith("on_")] +
 
 
 def recorders():
-    """A callback and a BoringModel whose every hook appends its name to one shared list."""
+    """A callback and a ToyModel whose every hook appends its name to one shared list."""
     calls = []
 
     def callback_hook(name):
@@ -30,7 +30,7 @@ def recorders():
         return hook
 
     def module_hook(name):
-        original = getattr(BoringModel, name)
+        original = getattr(ToyModel, name)
 
         def hook(self, *args, **kwargs):
             calls.append(name)
@@ -38,7 +38,7 @@ def recorders():
         return hook
 
     RecordingCallback = type("RecordingCallback", (Callback,), {n: callback_hook(n) for n in CALLBACK_HOOKS})
-    RecordingModel = type("RecordingModel", (BoringModel,), {n: module_hook(n) for n in MODULE_HOOKS})
+    RecordingModel = type("RecordingModel", (ToyModel,), {n: module_hook(n) for n in MODULE_HOOKS})
     return calls, RecordingCallback(), RecordingModel()
 
 
@@ -76,7 +76,7 @@ def expected_fit(epochs, train_batches, val_batches, sanity):
         for _ in range(train_batches):
             out += train_batch()
         out += eval_epoch("validation", val_batches)
-        out += both("on_train_epoch_end") + ["lr_scheduler_step"]  # BoringModel's StepLR steps per epoch
+        out += both("on_train_epoch_end") + ["lr_scheduler_step"]  # ToyModel's StepLR steps per epoch
     return out + both("on_train_end", "on_fit_end") + ["Callback.teardown", "teardown"]
 
 
@@ -174,7 +174,7 @@ def test_hooks_see_the_right_state(tmp_path):
 
     trainer = make_trainer(tmp_path, Probe(), max_epochs=2, limit_train_batches=2, limit_val_batches=1,
                            num_sanity_val_steps=1)
-    trainer.fit(BoringModel())
+    trainer.fit(ToyModel())
     assert seen == [
         ("sanity", True, 0),
         ("val_epoch_start", True, False, False),
@@ -188,7 +188,7 @@ def test_hooks_see_the_right_state(tmp_path):
 
 
 def test_on_train_batch_start_minus_one_skips_rest_of_epoch(tmp_path):
-    class SkipAfterOne(BoringModel):
+    class SkipAfterOne(ToyModel):
         steps = 0
 
         def on_train_batch_start(self, batch, batch_idx):
@@ -213,7 +213,7 @@ def test_exception_reaches_on_exception(tmp_path):
         def on_exception(self, trainer, module, exception):
             seen.append(type(exception).__name__)
 
-    class Boom(BoringModel):
+    class Boom(ToyModel):
         def training_step(self, batch, batch_idx):
             raise KeyError("boom")
 

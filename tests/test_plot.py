@@ -9,7 +9,7 @@ pytest.importorskip("matplotlib")
 
 import surge
 from surge.cli import main as cli_main
-from surge.demos.boring import BoringModel
+from surge.demos.toy import ToyModel
 from surge.loggers import CSVLogger, TensorBoardLogger
 from surge.plot import find_runs
 
@@ -18,7 +18,7 @@ def run(tmp_path, logger, steps):
     t = surge.Trainer(default_root_dir=str(tmp_path), logger=logger, max_steps=steps, log_every_n_steps=1,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       num_sanity_val_steps=0, limit_val_batches=0)
-    t.fit(BoringModel())
+    t.fit(ToyModel())
     return t.log_dir
 
 

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from surge import Trainer
-from surge.demos.boring import BoringModel, RandomDataset
+from surge.demos.toy import ToyModel, ToyDataset
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -21,7 +21,7 @@ def make_trainer(**kwargs):
     return Trainer(**base)
 
 
-class Recorder(BoringModel):
+class Recorder(ToyModel):
     def __init__(self, **kw):
         super().__init__(**kw)
         self.losses = []
@@ -32,7 +32,7 @@ class Recorder(BoringModel):
         return loss
 
     def train_dataloader(self):  # equal batches (cuda_graphs) and a worker (no num_workers=0 warning)
-        return DataLoader(RandomDataset(self.hparams.size, 64, seed=1), batch_size=self.hparams.batch_size,
+        return DataLoader(ToyDataset(self.hparams.size, 64, seed=1), batch_size=self.hparams.batch_size,
                           drop_last=True)
 
 
@@ -106,7 +106,7 @@ def test_tf32_default_follows_the_architecture(capsys):
 def test_prefetcher_yields_the_loader_batches_on_the_device():
     from surge.prefetch import CUDAPrefetcher
 
-    loader = DataLoader(RandomDataset(32, 40), batch_size=8)
+    loader = DataLoader(ToyDataset(32, 40), batch_size=8)
     got = list(CUDAPrefetcher(loader, torch.device("cuda", 0)))
     assert len(got) == 5 and all(b.is_cuda for b in got)
     for a, b in zip(got, loader):
@@ -115,7 +115,7 @@ def test_prefetcher_yields_the_loader_batches_on_the_device():
 
 def test_num_workers_0_warns_once_naming_the_fix():
     with pytest.warns(UserWarning, match="num_workers=4"):
-        make_trainer(max_epochs=2).fit(BoringModel())
+        make_trainer(max_epochs=2).fit(ToyModel())
 
 
 def test_compile_on_cuda_trains_like_eager():
@@ -141,7 +141,7 @@ def test_cuda_graphs_train_like_eager_and_refuse_a_new_shape():
 
     class Ragged(Recorder):
         def train_dataloader(self):
-            return DataLoader(RandomDataset(32, 60), batch_size=8)  # last batch has 4 rows
+            return DataLoader(ToyDataset(32, 60), batch_size=8)  # last batch has 4 rows
 
     with pytest.raises(SurgeError, match="drop_last=True"):
         make_trainer(max_epochs=1, cuda_graphs=True).fit(Ragged())

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import surge
-from surge.demos.boring import BoringModel
+from surge.demos.toy import ToyModel
 from surge.profiler import AdvancedProfiler, PyTorchProfiler, SimpleProfiler
 from surge.utils import MisconfigurationError
 
@@ -18,7 +18,7 @@ def fit(tmp_path, profiler, steps=6, **kw):
     t = surge.Trainer(default_root_dir=str(tmp_path), profiler=profiler, max_steps=steps, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       num_sanity_val_steps=0, limit_val_batches=0, **kw)
-    t.fit(BoringModel())
+    t.fit(ToyModel())
     return t
 
 
@@ -47,7 +47,7 @@ def test_advanced_profiler_reports_functions_per_action(tmp_path, capsys):
     assert isinstance(t.profiler, AdvancedProfiler)
     out = capsys.readouterr().out
     assert "Profile of action: training_step" in out and "Profile of action: backward" in out
-    assert "training_step" in out.split("Profile of action: training_step")[1]  # BoringModel.training_step is in it
+    assert "training_step" in out.split("Profile of action: training_step")[1]  # ToyModel.training_step is in it
 
 
 def test_pytorch_profiler_writes_a_trace_for_the_scheduled_steps(tmp_path, capsys):
@@ -82,3 +82,14 @@ def test_bad_pytorch_profiler_schedule():
 
 def test_no_profiler_by_default():
     assert surge.Trainer(logger=False).profiler is None
+
+
+def test_a_pass_through_profiler_is_no_profiler(tmp_path):
+    from surge.profiler import PassThroughProfiler
+
+    profiler = PassThroughProfiler()
+    with profiler.profile("anything"):
+        pass
+    assert profiler.summary() == ""
+    trainer = surge.Trainer(default_root_dir=tmp_path, profiler=profiler, logger=False, enable_progress_bar=False)
+    assert trainer.profiler is None  # nothing is timed, at no cost per step

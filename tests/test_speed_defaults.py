@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from surge import Trainer
 from surge.cuda_graphs import GraphedForward, check_cuda_graphs_args
-from surge.demos.boring import BoringModel, RandomDataset
+from surge.demos.toy import ToyModel, ToyDataset
 from surge.speed import SpeedSettings, fuse_optimizer
 from surge.utils import MisconfigurationError, SurgeError
 
@@ -22,7 +22,7 @@ def make_trainer(**kwargs):
     return Trainer(**base)
 
 
-class LossRecorder(BoringModel):
+class LossRecorder(ToyModel):
     def __init__(self):
         super().__init__()
         self.losses = []
@@ -90,14 +90,14 @@ def test_compile_trains_like_eager_without_graph_breaks(inductor):
 def test_compiled_forward_is_one_graph(inductor):
     import torch._dynamo
 
-    model = BoringModel()
+    model = ToyModel()
     explanation = torch._dynamo.explain(model)(torch.randn(4, 32))
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
 
 
 def test_compile_options_are_passed_and_compiled_once(inductor, monkeypatch):
     calls = []
-    model = BoringModel()
+    model = ToyModel()
     original = torch.nn.Module.compile
 
     def spy(self, *args, **kwargs):
@@ -113,7 +113,7 @@ def test_compile_options_are_passed_and_compiled_once(inductor, monkeypatch):
 
 # ---------------------------------------------------------------------------------------- fused optimizers
 def test_cpu_keeps_the_optimizer_as_written():
-    model = BoringModel()
+    model = ToyModel()
     trainer = make_trainer(max_steps=2)
     trainer.fit(model)
     opt = trainer.optimizers[0]
@@ -154,15 +154,15 @@ def test_bad_switches_are_clear_errors(arg, bad):
 def test_allow_tf32_true_on_cpu_warns_and_changes_nothing():
     before = torch.get_float32_matmul_precision()
     with pytest.warns(UserWarning, match="allow_tf32=True does nothing on cpu"):
-        make_trainer(max_steps=1, allow_tf32=True).fit(BoringModel())
+        make_trainer(max_steps=1, allow_tf32=True).fit(ToyModel())
     assert torch.get_float32_matmul_precision() == before
 
 
 # ---------------------------------------------------------------------------------------- input pipeline
 def test_cpu_iterates_the_loader_itself():
-    loader = DataLoader(RandomDataset(32, 16), batch_size=4)
+    loader = DataLoader(ToyDataset(32, 16), batch_size=4)
     trainer = make_trainer()
-    trainer.module = BoringModel()
+    trainer.module = ToyModel()
     assert trainer._speed.wrap_train_loader(trainer, loader) is loader
 
 
@@ -195,7 +195,7 @@ def test_cuda_graphs_refuse_manual_optimization():
     from surge.strategies.single import SingleDevice
 
     settings = SpeedSettings(cuda_graphs=True, strategy=_fake_strategy(SingleDevice))
-    module = BoringModel()
+    module = ToyModel()
     module.automatic_optimization = False
     trainer = types.SimpleNamespace(module=module, strategy=_fake_strategy(SingleDevice), optimizers=[])
     with pytest.raises(MisconfigurationError, match="automatic optimisation"):
@@ -203,7 +203,7 @@ def test_cuda_graphs_refuse_manual_optimization():
 
 
 def test_graphed_forward_checks_shapes_and_arguments_and_runs_eager_in_eval():
-    module = BoringModel()
+    module = ToyModel()
     captured = []
 
     def fake_capture(args):  # stands in for make_graphed_callables on the CPU

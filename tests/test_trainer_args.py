@@ -9,13 +9,13 @@ from torch.utils.data import DataLoader
 
 import surge
 from surge.callbacks import EarlyStopping, ModelCheckpoint, ModelSummary, ProgressBar
-from surge.demos.boring import BoringModel, RandomDataset
+from surge.demos.toy import ToyModel, ToyDataset
 from surge.loggers import CSVLogger
 from surge.utils import MisconfigurationError
 
 
-class Counting(BoringModel):
-    """BoringModel recording which batches each step saw, and in which epoch."""
+class Counting(ToyModel):
+    """ToyModel recording which batches each step saw, and in which epoch."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -252,12 +252,12 @@ def test_fast_dev_run(tmp_path, value, n):
 def test_overfit_batches_is_unshuffled_and_limited(tmp_path):
     class Shuffled(Counting):
         def train_dataloader(self):
-            return DataLoader(RandomDataset(32, 64, seed=1), batch_size=8, shuffle=True)
+            return DataLoader(ToyDataset(32, 64, seed=1), batch_size=8, shuffle=True)
 
     model = Shuffled()
     trainer = make_trainer(tmp_path, max_epochs=2, overfit_batches=2)
     trainer.fit(model)
-    data = RandomDataset(32, 64, seed=1).data
+    data = ToyDataset(32, 64, seed=1).data
     assert len(model.train_batches) == 4
     for i, batch in enumerate(model.train_batches):
         assert torch.equal(batch, data[(i % 2) * 8:(i % 2) * 8 + 8])
@@ -282,7 +282,7 @@ def test_deterministic(tmp_path):
 def test_deterministic_runs_match(tmp_path):
     def run():
         surge.seed_everything(7)
-        model = BoringModel()
+        model = ToyModel()
         make_trainer(tmp_path, max_epochs=1, deterministic=True).fit(model)
         return model.layer.weight.detach().clone()
 
@@ -294,7 +294,7 @@ def test_deterministic_runs_match(tmp_path):
 
 
 def test_default_root_dir_holds_logs_and_checkpoints(tmp_path):
-    model = BoringModel()
+    model = ToyModel()
     trainer = surge.Trainer(default_root_dir=tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1,
                             enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
                             logger=CSVLogger(tmp_path))
@@ -338,7 +338,7 @@ def test_user_checkpoint_is_not_duplicated(tmp_path):
 def test_model_summary_prints(tmp_path, capsys):
     trainer = surge.Trainer(default_root_dir=tmp_path, logger=False, accelerator="cpu", enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=True, max_steps=1, limit_val_batches=0)
-    trainer.fit(BoringModel())
+    trainer.fit(ToyModel())
     assert "layer" in capsys.readouterr().out
 
 
@@ -348,7 +348,7 @@ def test_cpu_devices(tmp_path, devices):
     trainer = make_trainer(tmp_path, accelerator="cpu", devices=devices, max_steps=1, limit_val_batches=0)
     assert trainer.num_devices == 1
     assert trainer.strategy.root_device.type == "cpu"
-    model = BoringModel()
+    model = ToyModel()
     trainer.fit(model)
     assert model.device.type == "cpu"
 
@@ -384,7 +384,7 @@ def test_legacy_gpus_zero_runs_on_cpu(tmp_path):
                                 enable_model_summary=False, enable_checkpointing=False, max_steps=2,
                                 limit_val_batches=0)
     assert trainer.strategy.root_device.type == "cpu"
-    model = BoringModel()
+    model = ToyModel()
     trainer.fit(model)
     assert trainer.global_step == 2
     assert model.device.type == "cpu"
@@ -405,14 +405,14 @@ def test_other_legacy_arguments(tmp_path, legacy, attr, value):
 
 
 def test_resume_from_checkpoint_legacy(tmp_path):
-    model = BoringModel()
+    model = ToyModel()
     trainer = make_trainer(tmp_path, max_steps=2, limit_val_batches=0)
     trainer.fit(model)
     path = tmp_path / "a.ckpt"
     trainer.save_checkpoint(str(path))
     with pytest.warns(DeprecationWarning, match="resume_from_checkpoint"):
         trainer = make_trainer(tmp_path, max_steps=4, limit_val_batches=0, resume_from_checkpoint=str(path))
-    trainer.fit(BoringModel())
+    trainer.fit(ToyModel())
     assert trainer.ckpt_path == str(path)
     assert trainer.global_step == 4
 

@@ -31,6 +31,7 @@ _COMMANDS = {
     "consolidate": "write a sharded (FSDP) checkpoint folder as one checkpoint file",
     "torchrun": "torch's own torchrun, exiting with the requeue code when signalled (python -m surge.torchrun)",
     "plot": "PNG charts of logged metrics: surge plot <log_dir> [<log_dir> ...] [--out DIR]",
+    "run": "run an unmodified Lightning script on surge: surge run train.py [its args] (zero-edit mode)",
 }
 # Trainer.<stage>() arguments the command line leaves out: the model and data come from --model and --data.
 _DATA_ARGS = {"model", "train_dataloaders", "val_dataloaders", "dataloaders", "datamodule"}
@@ -404,7 +405,8 @@ def _print_help() -> None:
           "  surge fit --config run.yaml --trainer.max_epochs 2 --model.lr 0.01\n"
           "  surge fit --model surge.demos.digits.DigitsClassifier --data surge.demos.digits.DigitsDataModule\n"
           "  surge fit --config run.yaml --print_config\n"
-          "  surge demo --max-epochs 3\n\n"
+          "  surge demo --max-epochs 3\n"
+          "  surge run train.py --trainer.max_epochs 1     # a Lightning script, unchanged\n\n"
           "Run `surge COMMAND --help` for a command's options; docs/cli.md has the details.")
 
 
@@ -447,12 +449,16 @@ def _command(command: str, argv: list) -> int:
         from .plot import main as plot_main
 
         return plot_main(argv[1:])
+    if command == "run":
+        from .lightning.zero_edit import main as run_main
+
+        return run_main(argv[1:], prog="surge run")
     if command in STAGES:
         # Classes in the current folder import as with `python -m`: --model my_pkg.MyModel
         if os.getcwd() not in sys.path and "" not in sys.path:
             sys.path.insert(0, os.getcwd())
-        # The demos' classes, imported so their short names work: --model BoringModel --data BoringDataModule
-        from .demos import boring, digits  # noqa: F401
+        # The demos' classes, imported so their short names work: --model ToyModel --data ToyDataModule
+        from .demos import boring, digits, toy  # noqa: F401
 
         SurgeCLI(args=argv, prog="surge")
         return 0

@@ -64,8 +64,9 @@ def has_len(loader) -> bool:
     return True
 
 
-def num_batches(loader, limit: Union[int, float], arg_name: str) -> Optional[int]:
-    """How many batches of ``loader`` one epoch uses under ``limit`` (``None``: run until exhausted).
+def num_batches(loader, limit: Union[int, float], arg_name: str) -> Union[int, float]:
+    """How many batches of ``loader`` one epoch uses under ``limit`` (``inf``: run until exhausted, as
+    Lightning counts a loader without a length).
 
     ``limit`` is an int (that many batches at most) or a float in [0, 1] (that fraction of the loader).
     """
@@ -73,7 +74,7 @@ def num_batches(loader, limit: Union[int, float], arg_name: str) -> Optional[int
     if isinstance(limit, float):
         if length is None:
             if limit == 1.0:
-                return None
+                return math.inf
             raise MisconfigurationError(
                 f"{arg_name}={limit} is a fraction, but the dataloader has no length (an iterable dataset); "
                 f"give {arg_name} as an int number of batches"

@@ -15,10 +15,13 @@ from typing import Any
 import torch
 
 from . import anomaly, resume
+from .datamodule import _overrides
+from .module import Module, takes_batch_idx
 from .profiler import NO_PROFILE
 from .results import Results
 from .seed import capture_rng_state, preserved_rng, restore_rng_state
 from .utils import SurgeError, rank_zero_info, rank_zero_warn
+from .warnings import PossibleUserWarning
 
 
 class FitLoop:
@@ -26,18 +29,27 @@ class FitLoop:
 
     def _fit_loop(self) -> None:
         self._flush_due = False
+        self._read_module_signatures()
         if self._ckpt_path is not None:
             self._continue_logger_history()
         self._log_hyperparams()
         self._call("on_fit_start")
         self._sanity_check()
+        self._setup_train_data()  # after the sanity check, as Lightning requests it
+        if self._resume_rng is not None:  # the checkpoint's random state, once requesting the data drew its own
+            restore_rng_state(self._resume_rng)
+            self._resume_rng = None
+        if self.num_training_batches == 0:  # limit_train_batches=0 or an empty loader: nothing to train on
+            return
+        self._setup_val_data(at_fit_start=True)
+        self._warn_if_fewer_batches_than_log_interval()
+        # What on_train_start logs counts in the first epoch's values, as Lightning's users expect.
         self._results = Results("train", self.strategy)
         self._call("on_train_start")
         state = self.state
         while not self._fit_done():
-            n = self.reload_dataloaders_every_n_epochs
-            if n and state.epoch > 0 and state.epoch % n == 0 and state.batch_idx == 0:
-                self.train_dataloader = self._loader("train")
+            if state.batch_idx == 0 and self._setup_train_data():  # a reload due at this epoch's start
+                self._warn_if_fewer_batches_than_log_interval()
             self._train_epoch()
             if self._epoch_finished:
                 state.epoch += 1
@@ -48,6 +60,23 @@ class FitLoop:
         self._call("on_fit_end")
         if self._flush_due:
             self._flush_loggers()
+
+    def _read_module_signatures(self) -> None:
+        """What the module's own methods take and override, read once per fit so that no step inspects them."""
+        module = self.module
+        self._training_step_takes_idx = takes_batch_idx(module.training_step)  # training_step(self, batch) works
+        self._own_optimizer_step = _overrides(module, "optimizer_step", Module)
+        self._own_clipping = _overrides(module, "configure_gradient_clipping", Module)
+        self._warned_none_loss = False
+
+    def _warn_if_fewer_batches_than_log_interval(self) -> None:
+        n, every = self.num_training_batches, self.log_every_n_steps
+        if self.loggers and every and isinstance(n, int) and n < every and not self.fast_dev_run:
+            rank_zero_warn(
+                f"The number of training batches ({n}) is smaller than the logging interval "
+                f"Trainer(log_every_n_steps={every}): the loggers get the per-step values (the training loss...) "
+                f"only every {every} batches, counted across epochs. Set a lower value for log_every_n_steps if "
+                f"you want to see logs for the training epoch.", PossibleUserWarning)
 
     def _fit_done(self) -> bool:
         s = self.state
@@ -66,22 +95,21 @@ class FitLoop:
     def _train_epoch(self) -> None:
         """One pass over the training data, with validation where ``val_check_interval`` says."""
         module, strategy, state = self.module, self.strategy, self.state
-        self._results = results = Results("train", strategy)
-        limit = self.num_training_batches
-        if hasattr(getattr(self.train_dataloader, "sampler", None), "set_epoch"):
-            self.train_dataloader.sampler.set_epoch(state.epoch)
+        results = self._results  # made before on_train_start, or at the end of the previous epoch
+        limit = self.num_training_batches  # inf: a loader without a length, read until it ends
+        self._set_train_epoch(state.epoch)
         module.train()
         self._call("on_train_epoch_start")
         skip, read_and_drop = self._position_epoch()
         batch_idx, exhausted = -1, True
-        batches = self._speed.wrap_train_loader(self, self.train_dataloader)  # CUDA: next batch copies during this step
+        batches = self._speed.wrap_train_loader(self, self._train_loader)  # CUDA: next batch copies during this step
         batch_end_listened = self._listened("on_train_batch_end")
         for batch_idx, batch in enumerate(batches, start=0 if read_and_drop else skip):
             if batch_idx < skip:
                 if batch_idx + 1 == skip:
                     restore_rng_state(self._resume_position.pop("continue_state"))
                 continue
-            if limit is not None and batch_idx >= limit:
+            if batch_idx >= limit:
                 batch_idx -= 1
                 break
             batch = self._to_device(batch, 0)
@@ -90,7 +118,7 @@ class FitLoop:
                 batch_idx -= 1
                 break
             with NO_PROFILE if self.profiler is None else self.profiler.profile("run_training_batch"):
-                output = self._train_batch(batch, batch_idx, last=limit is not None and batch_idx + 1 == limit)
+                output = self._train_batch(batch, batch_idx, last=batch_idx + 1 == limit)
             state.batch_idx = batch_idx + 1
             state.batches_seen += 1
             if batch_end_listened:
@@ -111,10 +139,10 @@ class FitLoop:
             if not self._grads_pending and not self._nan.dropped and self._preemption.due(self):
                 self._preempt()
             if state.should_stop or (self.max_steps != -1 and state.global_step >= self.max_steps):
-                exhausted = limit is not None and batch_idx + 1 >= limit
+                exhausted = batch_idx + 1 >= limit
                 break
-        if batch_idx == -1 and skip == 0:
-            raise SurgeError(f"the training dataloader yielded no batch in epoch {state.epoch}")
+        empty = batch_idx == -1 and skip == 0  # an iterable that yields nothing: the epoch ends, as it is
+        exhausted = exhausted or empty
         if exhausted:
             if self._grads_pending:  # an epoch ending inside an accumulation window still steps
                 self._optimizer_steps(batch_idx)
@@ -126,10 +154,11 @@ class FitLoop:
                 self._validation_in_fit()
         self._results = results
         self._epoch_end("train")
+        self._results = Results("train", strategy)  # the next epoch's (its on_train_epoch_start logs there)
         if self._flush_due:  # an epoch-end checkpoint: the epoch's rows go to disk with it
             self._flush_loggers()
             self._flush_due = False
-        if exhausted:
+        if exhausted and not empty:  # an epoch that stepped no optimizer does not advance the schedule
             self._step_schedulers("epoch")
 
     def _preempt(self) -> None:
@@ -151,7 +180,7 @@ class FitLoop:
     def _position_epoch(self) -> tuple[int, bool]:
         """Prepare the training loader for this epoch; return the batches to skip and whether they must be
         read and dropped (loaders surge cannot skip inside) rather than skipped in the sampler."""
-        loader, skip = self.train_dataloader, self.state.batch_idx
+        loader, skip = self._train_loader, self.state.batch_idx
         self._tracker = tracker = resume.install(loader)
         pos, self._resume_position = self._resume_position, None
         if pos is None or skip == 0:
@@ -171,8 +200,10 @@ class FitLoop:
     def _train_batch(self, batch, batch_idx: int, last: bool) -> Any:
         """Forward, backward and (at the end of an accumulation window) the optimizer step for one batch."""
         module, strategy = self.module, self.strategy
+        args = (batch, batch_idx) if self._training_step_takes_idx else (batch,)
         if not module.automatic_optimization:
-            output = strategy.step("training", batch, batch_idx)
+            self._results.hook = "training_step"
+            output = strategy.step("training", *args)
             _check_step_output(output, manual=True)
             return output
         boundary = last or (batch_idx + 1) % self.accumulate_grad_batches == 0
@@ -194,8 +225,13 @@ class FitLoop:
                     self._zero_grad_at_window_start(opt_idx, optimizer, batch_idx)
                 self._results.hook = "training_step"
                 with NO_PROFILE if self.profiler is None else self.profiler.profile("training_step"):
-                    output = strategy.step("training", batch, batch_idx, *extra)
+                    output = strategy.step("training", *args, *extra)
                 loss = _check_step_output(output, manual=False, needs_grad=not owns_backward)
+                if loss is None and not self._warned_none_loss:
+                    self._warned_none_loss = True
+                    rank_zero_warn("`training_step` returned `None`: surge skips this batch (no backward, no optimizer "
+                                   "step), and every batch whose step returns None. Return the loss to train on it; "
+                                   "if skipping was on purpose, ignore this warning")
                 if loss is not None and self._check_finite(loss, batch_idx, opt_idx):  # False: on_nan="skip" dropped it
                     if not owns_backward:
                         self._zero_grad_at_window_start(opt_idx, optimizer, batch_idx)
@@ -212,8 +248,7 @@ class FitLoop:
             # Each optimizer steps in its own turn, so the next optimizer's training_step sees the update
             # (a GAN's discriminator loss uses the generator just stepped).
             if boundary and opt_idx in self._grads_pending:
-                self._step_optimizer(opt_idx, batch_idx)
-                stepped = True
+                stepped = self._step_optimizer(opt_idx, batch_idx, loss) or stepped
             outputs.append(output)
             if not self._step_takes_opt_idx:
                 break
@@ -232,17 +267,28 @@ class FitLoop:
 
     def _optimizer_steps(self, batch_idx: int) -> None:
         """Step every optimizer that holds gradients (an epoch ending inside a window), then count the step."""
+        stepped = False
         for opt_idx in sorted(self._grads_pending):
-            self._step_optimizer(opt_idx, batch_idx)
-        self._end_step()
+            stepped = self._step_optimizer(opt_idx, batch_idx) or stepped
+        if stepped:
+            self._end_step()
 
-    def _step_optimizer(self, opt_idx: int, batch_idx: int) -> None:
-        """Clip and step one optimizer (its gradients are zeroed before the next window's first backward)."""
+    def _step_optimizer(self, opt_idx: int, batch_idx: int, loss=None) -> bool:
+        """Clip and step one optimizer (its gradients are zeroed before the next window's first backward).
+        A module's own ``optimizer_step`` decides whether it steps; returns whether it did."""
         optimizer = self.optimizers[opt_idx]
-        self._before_optimizer_step(optimizer)
         with NO_PROFILE if self.profiler is None else self.profiler.profile("optimizer_step"):
-            self.strategy.optimizer_step(optimizer)
+            if self._own_optimizer_step:
+                handle = _OptimizerStep(self, optimizer, loss)
+                self._results.hook = "optimizer_step"
+                self.module.optimizer_step(self.state.epoch, batch_idx, handle, handle.closure)
+                stepped = handle.stepped
+            else:
+                self._before_optimizer_step(optimizer)
+                self.strategy.optimizer_step(optimizer)
+                stepped = True
         self._grads_pending.discard(opt_idx)
+        return stepped
 
     def _end_step(self) -> None:
         """One optimisation step is done (every optimizer had its turn): count it, step per-step schedulers."""
@@ -251,7 +297,11 @@ class FitLoop:
 
     def _before_optimizer_step(self, optimizer) -> None:
         self._call("on_before_optimizer_step", optimizer)
-        if self.gradient_clip_val:
+        if self._own_clipping and self.module.automatic_optimization:
+            self._results.hook = "configure_gradient_clipping"
+            self.module.configure_gradient_clipping(optimizer, gradient_clip_val=self.gradient_clip_val,
+                                                    gradient_clip_algorithm=self.gradient_clip_algorithm)
+        elif self.gradient_clip_val:
             self._clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
 
     def _clip_gradients(self, optimizer, value, algorithm) -> None:
@@ -315,7 +365,7 @@ class FitLoop:
             self.module.lr_scheduler_step(config.scheduler, metric)
 
     def _val_due(self, batch_idx: int, limit, end_of_epoch: bool) -> bool:
-        if not self.val_dataloaders or not any(n != 0 for n in self.num_val_batches):
+        if not self._validates_in_fit:
             return False
         every_n = self.check_val_every_n_epoch
         if every_n is not None and (self.state.epoch + 1) % every_n:
@@ -323,8 +373,8 @@ class FitLoop:
         interval = self.val_check_interval
         if isinstance(interval, float):
             if end_of_epoch:  # the last batch is a check point too when the interval divides the epoch
-                return interval == 1.0 or limit is None or limit % max(1, int(limit * interval)) == 0
-            if interval == 1.0 or limit is None:
+                return interval == 1.0 or limit == math.inf or limit % max(1, int(limit * interval)) == 0
+            if interval == 1.0 or limit == math.inf:
                 return False
             every = max(1, int(limit * interval))
             return (batch_idx + 1) % every == 0 and batch_idx + 1 != limit
@@ -340,7 +390,10 @@ class FitLoop:
         # the one training goes on with, not what validation left (its loader alone draws a seed).
         self._training_rng = capture_rng_state()
         try:
-            self._run_eval("validate", self.val_dataloaders, self.num_val_batches)
+            self._setup_val_data()  # the first time, or again when a reload is due
+            if not self._validates_in_fit:  # the loaders requested now have no batches
+                return
+            self._run_eval("validate", self._val_loaders, self.num_val_batches)
         finally:
             restore_rng_state(self._training_rng)
             self._training_rng = None
@@ -364,22 +417,62 @@ class FitLoop:
 
     def _sanity_check(self) -> None:
         n = self.num_sanity_val_steps
-        if n == 0 or not self.val_dataloaders or self._ckpt_path is not None:
+        if n == 0 or not self._val_source or self._ckpt_path is not None:
             return
-        limits = [nb if n == -1 else (n if nb is None else min(n, nb)) for nb in self.num_val_batches]
-        self.num_sanity_val_batches = limits
         stage = self.state.stage
+        self.state.stage = "sanity_check"
+        try:
+            self._setup_val_data()  # inside the sanity check, as Lightning requests them
+        finally:
+            self.state.stage = stage
+        if not self._validates_in_fit:
+            return
+        limits = [nb if n == -1 else min(n, nb) for nb in self.num_val_batches]
+        self.num_sanity_val_batches = limits
         self.state.stage = "sanity_check"
         self._results = Results("validate", self.strategy)
         self._call("on_sanity_check_start")
         with preserved_rng():
-            self._run_eval("validate", self.val_dataloaders, limits, sanity=True)
+            self._run_eval("validate", self._val_loaders, limits, sanity=True)
         self._results = Results("validate", self.strategy)
         self._call("on_sanity_check_end")
         self.state.stage = stage
         self.callback_metrics.clear()
         self.logged_metrics.clear()
         self.progress_bar_metrics.clear()
+
+
+class _OptimizerStep:
+    """The optimizer a module's own ``optimizer_step`` gets under automatic optimisation: ``step(closure)`` runs
+    the ``on_before_optimizer_step`` hooks, clips and steps through the strategy and its precision, as surge's
+    own step does. Forward and backward have run before (surge computes the loss first, so that gradient
+    accumulation and pipelines work the same with or without this hook): the closure returns their loss."""
+
+    def __init__(self, trainer, optimizer, loss):
+        self.optimizer = optimizer
+        self._trainer, self._loss = trainer, loss
+        self.stepped = False
+
+    def closure(self):
+        return self._loss
+
+    def step(self, closure=None):
+        if closure is not None:
+            closure()
+        trainer = self._trainer
+        trainer._before_optimizer_step(self.optimizer)
+        trainer.strategy.optimizer_step(self.optimizer)
+        self.stepped = True
+        return self._loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def __getattr__(self, name):
+        return getattr(self.optimizer, name)
+
+    def __repr__(self) -> str:
+        return f"optimizer_step's {self.optimizer!r}"
 
 
 # ====================================================================== training_step's output

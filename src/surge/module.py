@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import numbers
 import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Mapping, Optional, Union
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from .hparams import HyperparametersMixin
+from .utils import MisconfigurationError
 
 
 class Module(HyperparametersMixin, nn.Module):
@@ -72,6 +74,11 @@ class Module(HyperparametersMixin, nn.Module):
         for t in self.buffers():
             return t.device
         return torch.device("cpu")
+
+    @property
+    def on_gpu(self) -> bool:
+        """``True`` when the module's parameters (or buffers) are on a CUDA device."""
+        return self.device.type == "cuda"
 
     @property
     def dtype(self) -> torch.dtype:
@@ -157,21 +164,76 @@ class Module(HyperparametersMixin, nn.Module):
         trainer = self._trainer
         if trainer is None or trainer._results is None:
             if not self._warned_no_trainer:
-                warnings.warn(f"self.log({name!r}) was called outside a Trainer run; the value is dropped")
+                warnings.warn(f"self.log({name!r}) was called outside a Trainer run; the value is dropped (the "
+                              f"`self.trainer` reference is not registered: no Trainer is running this module)")
                 object.__setattr__(self, "_warned_no_trainer", True)
             return
+        if getattr(trainer, "barebones", False):
+            if not getattr(self, "_warned_barebones", False):
+                warnings.warn(f"self.log({name!r}) does nothing under `Trainer(barebones=True)`: barebones mode "
+                              f"measures the Trainer's own speed, so logging is disabled (the value is dropped)")
+                object.__setattr__(self, "_warned_barebones", True)
+            return
+        if metric_attribute is None and not isinstance(value, (torch.Tensor, numbers.Number)):
+            metric_attribute = self._metric_attribute(name, value)
+        if logger and not trainer.loggers and not trainer.fast_dev_run:
+            self._warn_no_logger(name)
         trainer._results.log(
             name, value, prog_bar=prog_bar, logger=True if logger is None else logger,
             on_step=on_step, on_epoch=on_epoch, reduce_fx=reduce_fx, enable_graph=enable_graph,
             sync_dist=sync_dist, add_dataloader_idx=add_dataloader_idx, batch_size=batch_size,
-            rank_zero_only=rank_zero_only,
+            rank_zero_only=rank_zero_only, metric_attribute=metric_attribute,
         )
 
+    def _metric_attribute(self, name: str, value) -> Optional[str]:
+        """For a torchmetrics ``Metric`` logged as it is: the attribute of this module that holds it (as Lightning,
+        surge requires one: the metric then moves with the module and its state is the module's)."""
+        from .results import is_metric_object
+
+        if not is_metric_object(value):
+            return None  # not a metric: Results says what is wrong with the value
+        found = {id(m): attr for attr, m in self.named_modules() if is_metric_object(m)}
+        if id(value) in found:
+            return found[id(value)]
+        kind = type(value).__name__
+        if not found:
+            raise MisconfigurationError(
+                f"self.log({name!r}) was given a torchmetrics {kind} that is not an attribute of "
+                f"{type(self).__name__}. You can fix this by setting an attribute for the metric in your module "
+                f"(`self.{name.replace('/', '_')} = {kind}(...)` in __init__), so that it moves to the module's "
+                f"device and its state is saved with the module")
+        raise MisconfigurationError(
+            f"self.log({name!r}) was given a torchmetrics {kind} that is not an attribute of {type(self).__name__}. "
+            f"Log one of the module's own metrics, or name it: You can fix this by calling `self.log({name}, ..., "
+            f"metric_attribute=name)` where `name` is one of {sorted(found.values())}")
+
+    def _warn_no_logger(self, name: str) -> None:
+        warned = getattr(self, "_warned_no_logger", None)
+        if warned is None:
+            warned = set()
+            object.__setattr__(self, "_warned_no_logger", warned)
+        if name not in warned:
+            warned.add(name)
+            warnings.warn(f"You called `self.log({name!r}, ..., logger=True)` but have no logger configured: the "
+                          f"value reaches callback_metrics only. Pass Trainer(logger=...) to record it")
+
     def log_dict(self, dictionary: Mapping[str, Any], **kwargs) -> None:
-        """``self.log`` for every item of ``dictionary`` with the same keyword arguments."""
-        if not isinstance(dictionary, Mapping):
+        """``self.log`` for every item of ``dictionary`` with the same keyword arguments. ``dictionary`` may be a
+        torchmetrics ``MetricCollection``: each of its metrics is logged under its (prefixed) name.
+
+        Example::
+
+            self.log_dict({"val_loss": loss, "val_acc": acc}, prog_bar=True)
+        """
+        from .results import is_metric_collection
+
+        if is_metric_collection(dictionary):
+            items = dictionary.items(keep_base=False)
+        elif isinstance(dictionary, Mapping):
+            items = dictionary.items()
+        else:
             raise TypeError(f"log_dict expects a mapping of name -> value, got {type(dictionary).__name__}")
-        for k, v in dictionary.items():
+        for k, v in items:
             self.log(k, v, **kwargs)
 
     def print(self, *args, **kwargs) -> None:
@@ -202,7 +264,12 @@ class Module(HyperparametersMixin, nn.Module):
         """``loss.backward()`` through the Trainer's strategy and precision (use this, not
         ``loss.backward()``, under manual optimisation)."""
         trainer = self._require_trainer("manual_backward")
+        results = trainer._results
+        hook = results.hook
+        trainer._call("on_before_backward", loss)
         trainer._backward(loss, *args, **kwargs)
+        trainer._call("on_after_backward")
+        results.hook = hook  # what training_step logs after this is still training_step's
 
     def clip_gradients(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip the gradients of ``optimizer``'s parameters by norm (default) or by value."""
@@ -289,6 +356,30 @@ class Module(HyperparametersMixin, nn.Module):
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)
 
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        """Step ``optimizer`` (automatic optimisation; called at the end of each accumulation window).
+
+        Override to change when or how it steps: ``optimizer.step(closure=optimizer_closure)`` steps (through
+        the precision's grad scaler, after gradient clipping); returning without it skips this step, and
+        ``global_step`` then does not count it. The forward and backward have already run; the closure
+        hands back their loss. Only a module that overrides this pays for it.
+
+        Example (learning-rate warm-up)::
+
+            def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure):
+                optimizer.step(closure=optimizer_closure)
+                if self.trainer.global_step < 500:
+                    for group in optimizer.param_groups:
+                        group["lr"] = min(1.0, (self.trainer.global_step + 1) / 500) * self.hparams.lr
+        """
+        optimizer.step(closure=optimizer_closure)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip gradients before each optimizer step (automatic optimisation), with the Trainer's
+        ``gradient_clip_val`` / ``gradient_clip_algorithm`` as arguments. Override to clip differently, e.g.
+        per optimizer; call ``self.clip_gradients(optimizer, value, algorithm)`` to clip."""
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
+
     def lr_scheduler_step(self, scheduler, metric) -> None:
         """Step ``scheduler``; ``metric`` is the monitored value for ReduceLROnPlateau, else ``None``."""
         if metric is None:
@@ -330,3 +421,38 @@ class Module(HyperparametersMixin, nn.Module):
 
 def _inner(optimizer):
     return getattr(optimizer, "optimizer", optimizer)
+
+
+# ====================================================================== what a hook's signature takes
+def _positional(fn) -> Optional[tuple[list, bool]]:
+    """The positional parameter names of ``fn`` (bound: without ``self``) and whether it takes ``*args``;
+    ``None`` when Python cannot tell (a builtin)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return names, any(p.kind is p.VAR_POSITIONAL for p in params)
+
+
+def takes_batch_idx(step) -> bool:
+    """Whether a ``*_step`` method gets ``batch_idx``: it names it, takes ``*args``, or has two positional
+    parameters or more (Lightning's rule: ``training_step(self, batch)`` is called with the batch alone)."""
+    found = _positional(step)
+    if found is None:
+        return True
+    names, varargs = found
+    return "batch_idx" in names or varargs or len(names) >= 2
+
+
+def takes_dataloader_idx(hook) -> Optional[bool]:
+    """Whether ``hook`` accepts ``dataloader_idx`` (named or through ``*args``): ``True``; ``False``; or, when it
+    names it without a default, ``None`` (it cannot be called without one)."""
+    found = _positional(hook)
+    if found is None:
+        return True
+    names, varargs = found
+    if "dataloader_idx" in names:
+        param = inspect.signature(hook).parameters["dataloader_idx"]
+        return True if param.default is not param.empty else None
+    return varargs

@@ -115,6 +115,20 @@ class Profiler:
         return os.path.join(self._out_dir(), name if name.endswith(".txt") else name + ".txt")
 
 
+class PassThroughProfiler(Profiler):
+    """A profiler that records nothing. Passed to the Trainer it is the same as ``profiler=None``:
+    ``trainer.profiler`` is then ``None`` and nothing is timed (no cost per step)."""
+
+    def start(self, name: str) -> None:
+        pass
+
+    def stop(self, name: str) -> None:
+        pass
+
+    def summary(self) -> str:
+        return ""
+
+
 class SimpleProfiler(Profiler):
     """Wall time per action: calls, total and mean seconds, and share of the stage's time.
 
@@ -314,7 +328,7 @@ _BY_NAME = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": P
 
 def resolve_profiler(profiler: Union[str, Profiler, None]) -> Optional[Profiler]:
     """The Trainer's ``profiler`` argument as an instance (``None``: no profiling)."""
-    if profiler is None:
+    if profiler is None or isinstance(profiler, PassThroughProfiler):
         return None
     if isinstance(profiler, Profiler):
         return profiler

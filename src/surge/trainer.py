@@ -55,18 +55,23 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
         devices: "auto", a count, a list of indices, or a string "0,1".
         num_nodes: machines in the run.
         precision: "32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true" (or 32, 16, "bf16").
-        logger: True (TensorBoard if installed, else CSV), False, a logger, or a list of loggers.
+        logger: True or None (TensorBoard if installed, else CSV), False, a logger, or a list of loggers.
         callbacks: a Callback or a list of them.
-        fast_dev_run: True or N: run N (1) batches of every stage once, write nothing; for a quick check.
-        max_epochs / min_epochs / max_steps / min_steps: when fit stops. With neither max given: 1000 epochs.
-        limit_{train,val,test,predict}_batches: an int (batches) or a float (fraction) per epoch.
+        fast_dev_run: True or N: run N (1) batches of every stage once, log nothing and save no checkpoint (a
+            ModelCheckpoint or EarlyStopping passed in stays and does nothing); for a quick check.
+        max_epochs / min_epochs / max_steps / min_steps: when fit stops. With neither max given, fit makes
+            ``max_epochs`` 1000 and warns (``trainer.max_epochs`` is None until then, as given).
+        limit_{train,val,test,predict}_batches: an int (batches) or a float (fraction) per epoch (default 1.0:
+            all). ``1`` is one batch and ``1.0`` all of them: given explicitly, a log line says which.
         overfit_batches: train (unshuffled) and validate on this many training batches only.
-        val_check_interval: float fraction of a training epoch, or int number of training batches.
+        val_check_interval: float fraction of a training epoch, or int number of training batches (at most an
+            epoch's worth, unless ``check_val_every_n_epoch=None``, which counts batches across epochs and
+            needs an int).
         check_val_every_n_epoch: validate every n epochs (None: count val_check_interval across epochs).
-        num_sanity_val_steps: validation batches run before training to catch bugs early (-1: all).
-        log_every_n_steps: how often per-step metrics are written to the loggers.
-        enable_checkpointing / enable_progress_bar / enable_model_summary: the default callbacks.
-        accumulate_grad_batches: batches whose gradients add up before one optimizer step.
+        num_sanity_val_steps: validation batches run before training to catch bugs early (default 2; -1: all).
+        log_every_n_steps: how often per-step metrics are written to the loggers (default 50).
+        enable_checkpointing / enable_progress_bar / enable_model_summary: the default callbacks (default on).
+        accumulate_grad_batches: batches whose gradients add up before one optimizer step (an int >= 1).
         gradient_clip_val / gradient_clip_algorithm: clip by global norm ("norm") or by value ("value").
         deterministic: True makes torch use deterministic algorithms ("warn": warn instead of raising).
         benchmark: sets ``torch.backends.cudnn.benchmark``.
@@ -84,14 +89,23 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
             window as if the run had never seen it (no step, random streams put back), counted in
             ``train/nan_skipped`` (docs/reliability.md).
         profiler: None, "simple", "advanced", "pytorch" or a :class:`surge.profiler.Profiler` (docs/instruments.md).
+        barebones: measure the Trainer's own overhead: no checkpointing, logger, progress bar, model summary,
+            sanity check, per-step logging or ``self.log``; asking for one of them, or for fast_dev_run,
+            detect_anomaly or a profiler, is an error naming it.
         compile: True or a dict of ``torch.compile`` arguments: compile the module's forward (``self(x)``) at
             setup; ``self.log`` in ``training_step`` stays outside the graph (docs/speed.md).
         fuse_optimizers: on CUDA, Adam/AdamW/SGD built without ``fused=``/``foreach=`` use their fused kernels
             (default True; the CPU keeps the optimizer as written).
         allow_tf32: TF32 float32 matmuls; None (default): on for Ampere and newer GPUs, with a one-line notice.
         cuda_graphs: replay the training forward+backward from a CUDA graph (one GPU, static shapes).
+
+    Environment variables give defaults to any argument not passed: ``PL_TRAINER_MAX_EPOCHS=3`` (Lightning's
+    spelling) or ``SURGE_TRAINER_MAX_EPOCHS=3`` (which wins over it); values read as Python literals
+    (``3``, ``0.5``, ``False``, ``None``, ``[0, 1]``), anything else as a string (``PL_TRAINER_ACCELERATOR=cpu``).
+    docs/lightning.md, "Trainer arguments".
     """
 
+    @targs.env_defaults
     def __init__(
         self,
         *,
@@ -100,25 +114,25 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
         devices: Union[int, str, list] = "auto",
         num_nodes: int = 1,
         precision: Union[str, int] = "32-true",
-        logger: Any = True,
+        logger: Any = None,
         callbacks: Union[Callback, list, None] = None,
         fast_dev_run: Union[bool, int] = False,
         max_epochs: Optional[int] = None,
         min_epochs: Optional[int] = None,
         max_steps: int = -1,
         min_steps: Optional[int] = None,
-        limit_train_batches: Union[int, float] = 1.0,
-        limit_val_batches: Union[int, float] = 1.0,
-        limit_test_batches: Union[int, float] = 1.0,
-        limit_predict_batches: Union[int, float] = 1.0,
+        limit_train_batches: Union[int, float, None] = None,
+        limit_val_batches: Union[int, float, None] = None,
+        limit_test_batches: Union[int, float, None] = None,
+        limit_predict_batches: Union[int, float, None] = None,
         overfit_batches: Union[int, float] = 0.0,
-        val_check_interval: Union[int, float] = 1.0,
+        val_check_interval: Union[int, float, None] = None,
         check_val_every_n_epoch: Optional[int] = 1,
-        num_sanity_val_steps: int = 2,
-        log_every_n_steps: int = 50,
-        enable_checkpointing: bool = True,
-        enable_progress_bar: bool = True,
-        enable_model_summary: bool = True,
+        num_sanity_val_steps: Optional[int] = None,
+        log_every_n_steps: Optional[int] = None,
+        enable_checkpointing: Optional[bool] = None,
+        enable_progress_bar: Optional[bool] = None,
+        enable_model_summary: Optional[bool] = None,
         accumulate_grad_batches: int = 1,
         gradient_clip_val: Optional[Union[int, float]] = None,
         gradient_clip_algorithm: str = "norm",
@@ -130,6 +144,7 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
         reload_dataloaders_every_n_epochs: int = 0,
         inference_mode: bool = True,
         profiler: Any = None,
+        barebones: bool = False,
         preemption_signals=("SIGTERM", "SIGUSR1"),
         requeue_exit_code: int = 143,
         preemption_grace: Optional[float] = 30.0,
@@ -149,6 +164,16 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
         enable_checkpointing = modern.get("enable_checkpointing", enable_checkpointing)
         enable_progress_bar = modern.get("enable_progress_bar", enable_progress_bar)
         enable_model_summary = modern.get("enable_model_summary", enable_model_summary)
+        switches = targs.resolve_barebones(barebones, dict(
+            enable_checkpointing=enable_checkpointing, logger=logger, enable_progress_bar=enable_progress_bar,
+            log_every_n_steps=log_every_n_steps, enable_model_summary=enable_model_summary,
+            num_sanity_val_steps=num_sanity_val_steps, fast_dev_run=fast_dev_run, detect_anomaly=detect_anomaly,
+            profiler=profiler))
+        enable_checkpointing, logger, enable_progress_bar = (switches[k] for k in (
+            "enable_checkpointing", "logger", "enable_progress_bar"))
+        log_every_n_steps, enable_model_summary, num_sanity_val_steps = (switches[k] for k in (
+            "log_every_n_steps", "enable_model_summary", "num_sanity_val_steps"))
+        self.barebones = barebones
 
         # ---- where the run happens
         self._accelerator = resolve_accelerator(accelerator)
@@ -161,26 +186,23 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
         self.strategy.configure(self._accelerator, self._device_ids, self.num_nodes, self.precision)
 
         # ---- how long and how often
-        fast_dev_run = self._check_fast_dev_run(fast_dev_run)
-        self.fast_dev_run = fast_dev_run
+        self.fast_dev_run = fast_dev_run = targs.check_fast_dev_run(fast_dev_run)
+        # max_epochs stays None (not given) until fit, which makes it 1000 unless max_steps bounds the run.
         self.max_epochs = targs.check_int("max_epochs", max_epochs, -1, allow_none=True)
         self.min_epochs = targs.check_int("min_epochs", min_epochs, 0, allow_none=True)
         self.max_steps = targs.check_int("max_steps", max_steps, -1)
         self.min_steps = targs.check_int("min_steps", min_steps, 0, allow_none=True)
-        if self.max_epochs is None:
-            self.max_epochs = 1000 if self.max_steps == -1 else -1
-        self.limit_train_batches = check_limit(limit_train_batches, "limit_train_batches")
-        self.limit_val_batches = check_limit(limit_val_batches, "limit_val_batches")
-        self.limit_test_batches = check_limit(limit_test_batches, "limit_test_batches")
-        self.limit_predict_batches = check_limit(limit_predict_batches, "limit_predict_batches")
-        self.overfit_batches = check_limit(overfit_batches, "overfit_batches")
-        self.val_check_interval = check_limit(val_check_interval, "val_check_interval")
-        if self.val_check_interval == 0:
-            raise MisconfigurationError("val_check_interval must be > 0 (to turn validation off use limit_val_batches=0)")
+        self.overfit_batches = check_limit(targs.batch_limit(overfit_batches, "overfit_batches"), "overfit_batches")
+        # fast_dev_run and overfit_batches replace some of these limits
+        (self.limit_train_batches, self.limit_val_batches, self.limit_test_batches,
+         self.limit_predict_batches) = targs.batch_limits(
+            limit_train_batches, limit_val_batches, limit_test_batches, limit_predict_batches,
+            overfit_batches=self.overfit_batches, fast_dev_run=fast_dev_run)
         self.check_val_every_n_epoch = targs.check_int("check_val_every_n_epoch", check_val_every_n_epoch, 1, allow_none=True)
+        self.val_check_interval = targs.check_val_check_interval(val_check_interval, self.check_val_every_n_epoch)
         self.num_sanity_val_steps = targs.check_int("num_sanity_val_steps", num_sanity_val_steps, -1)
-        self.log_every_n_steps = targs.check_int("log_every_n_steps", log_every_n_steps, 1)
-        self.accumulate_grad_batches = targs.check_int("accumulate_grad_batches", accumulate_grad_batches, 1)
+        self.log_every_n_steps = targs.check_int("log_every_n_steps", log_every_n_steps, 0 if barebones else 1)
+        self.accumulate_grad_batches = targs.check_accumulate_grad_batches(accumulate_grad_batches)
         self.reload_dataloaders_every_n_epochs = targs.check_int(
             "reload_dataloaders_every_n_epochs", reload_dataloaders_every_n_epochs, 0)
         if gradient_clip_val is not None and (isinstance(gradient_clip_val, bool)
@@ -189,15 +211,14 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
         self.gradient_clip_val = gradient_clip_val or None
         self.gradient_clip_algorithm = targs.check_choice("gradient_clip_algorithm", gradient_clip_algorithm, ("norm", "value"))
         if fast_dev_run:
-            n = fast_dev_run
+            n = int(fast_dev_run)
             self.max_epochs, self.max_steps, self.num_sanity_val_steps = 1, n, 0
-            self.limit_train_batches = self.limit_val_batches = n
-            self.limit_test_batches = self.limit_predict_batches = n
-            self.val_check_interval = 1.0
-            self.check_val_every_n_epoch = 1
-            logger, enable_checkpointing = False, False
-        if self.overfit_batches > 0:
-            self.limit_train_batches = self.limit_val_batches = self.overfit_batches
+            self.val_check_interval, self.check_val_every_n_epoch = 1.0, 1
+            # The loggers become one DummyLogger (none stays none): code that writes to self.logger still runs.
+            # ModelCheckpoint and EarlyStopping stay, and do nothing (they read fast_dev_run).
+            logger = "dummy" if logger is not False else False
+            targs.info(f"surge: fast_dev_run={fast_dev_run!r}: every stage runs {n} batch(es), once; nothing is "
+                       f"logged or checkpointed")
 
         # ---- switches
         for name, value in (("enable_checkpointing", enable_checkpointing), ("enable_progress_bar", enable_progress_bar),
@@ -225,8 +246,9 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
         self.default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
 
         # ---- loggers and callbacks
-        self.loggers = self._build_loggers(logger)
-        self.callbacks = self._build_callbacks(callbacks, enable_checkpointing, enable_progress_bar, enable_model_summary)
+        self.loggers = targs.build_loggers(logger, self.default_root_dir)
+        self.callbacks = targs.build_callbacks(callbacks, enable_checkpointing, enable_progress_bar, enable_model_summary,
+                                               default_checkpoint=enable_checkpointing and not fast_dev_run)
 
         # ---- run state
         self.state = TrainerState()
@@ -239,10 +261,12 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
         self.callback_metrics: dict[str, torch.Tensor] = {}
         self.logged_metrics: dict[str, torch.Tensor] = {}
         self.progress_bar_metrics: dict[str, torch.Tensor] = {}
-        self.train_dataloader = None
-        self.val_dataloaders: list = []
-        self.test_dataloaders: list = []
-        self.predict_dataloaders: list = []
+        # The loaders the loops read (flat lists) and as the user gave them (the *_dataloaders properties).
+        self._train_loader = self._train_shown = None
+        self._val_loaders = self._val_shown = self._test_loaders = self._test_shown = None
+        self._predict_loaders = self._predict_shown = None
+        self._val_source = False  # whether this fit validates: a validation_step and val data
+        self._resume_rng = None
         self.num_training_batches: Union[int, float] = 0
         self.num_val_batches: list = []
         self.num_test_batches: list = []
@@ -259,58 +283,6 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
         self._nonfinite_step: Optional[torch.Tensor] = None
         self._nan = faults.NanPolicy(on_nan)
         self._logger_guard = faults.LoggerGuard()  # a failing logger warns once; the run goes on
-
-    # ================================================================== construction helpers
-    @staticmethod
-    def _check_fast_dev_run(value) -> int:
-        if value is True:
-            return 1
-        if value is False:
-            return 0
-        if isinstance(value, int) and value >= 0:
-            return value
-        raise MisconfigurationError(f"fast_dev_run must be True, False or an int >= 0, got {value!r}")
-
-    def _build_loggers(self, logger) -> list:
-        from .loggers import CSVLogger, Logger, TensorBoardLogger
-
-        if logger is True or logger is None:
-            try:
-                import tensorboard  # noqa: F401  (only checks it is installed)
-
-                return [TensorBoardLogger(self.default_root_dir)]
-            except ImportError:
-                return [CSVLogger(self.default_root_dir)]
-        if logger is False:
-            return []
-        items = list(logger) if isinstance(logger, (list, tuple)) else [logger]
-        for item in items:
-            if not isinstance(item, Logger):
-                raise MisconfigurationError(f"logger must be True, False, a surge Logger or a list of them, got {type(item).__name__}")
-        return items
-
-    def _build_callbacks(self, callbacks, checkpointing, progress_bar, model_summary) -> list:
-        from .callbacks import ModelCheckpoint, ModelSummary, ProgressBar, TQDMProgressBar
-
-        if callbacks is None:
-            callbacks = []
-        items = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
-        for cb in items:
-            if not isinstance(cb, Callback):
-                raise MisconfigurationError(f"callbacks must be surge Callback instances, got {type(cb).__name__}")
-        if checkpointing and not any(isinstance(cb, ModelCheckpoint) for cb in items):
-            items.append(ModelCheckpoint(save_last=True))
-        if not checkpointing and any(isinstance(cb, ModelCheckpoint) for cb in items):
-            raise MisconfigurationError("enable_checkpointing=False but a ModelCheckpoint was passed in callbacks")
-        if progress_bar and not any(isinstance(cb, ProgressBar) for cb in items):
-            items.append(TQDMProgressBar())
-        if not progress_bar:
-            items = [cb for cb in items if not isinstance(cb, ProgressBar)]
-        if model_summary and not any(isinstance(cb, ModelSummary) for cb in items):
-            items.append(ModelSummary())
-        # Checkpointing runs last, so it sees what every other callback did to the state.
-        return [cb for cb in items if not isinstance(cb, ModelCheckpoint)] + \
-               [cb for cb in items if isinstance(cb, ModelCheckpoint)]
 
     # ================================================================== public properties
     @property
@@ -419,11 +391,13 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
     @property
     def estimated_stepping_batches(self) -> Union[int, float]:
         """Optimizer steps fit will take (for schedulers such as OneCycleLR); ``inf`` if unbounded."""
+        self._ensure_train_data()  # read inside configure_optimizers: the train loaders are requested now
         by_steps = self.max_steps if self.max_steps != -1 else math.inf
-        if self.max_epochs == -1 or not isinstance(self.num_training_batches, int):
+        max_epochs = self.max_epochs if self.max_epochs is not None else (1000 if self.max_steps == -1 else -1)
+        if max_epochs == -1 or not isinstance(self.num_training_batches, int):
             return by_steps
         per_epoch = math.ceil(self.num_training_batches / self.accumulate_grad_batches)
-        return min(by_steps, per_epoch * self.max_epochs)  # whichever ends fit first
+        return min(by_steps, per_epoch * max_epochs)  # whichever ends fit first
 
     # ================================================================== entry points
     def fit(self, model: Module, train_dataloaders=None, val_dataloaders=None, datamodule: Optional[DataModule] = None,
@@ -438,6 +412,10 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
         self._attach("fit", model, datamodule, train=train_dataloaders, val=val_dataloaders)
         if ckpt_path is None and self._resume_from is not None:
             ckpt_path = self._resume_from
+        self.max_epochs = targs.fit_epoch_limits(self.max_epochs, self.max_steps)
+        if self.barebones:  # no progress bar: say once that the run has started
+            targs.info("surge: `Trainer(barebones=True)` fit started; there is no progress bar, so print progress "
+                       "from the module if you want to see it")
         return self.strategy.launch(self._run, "fit", ckpt_path)
 
     def validate(self, model: Optional[Module] = None, dataloaders=None, ckpt_path: Optional[str] = None,
@@ -516,9 +494,9 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
             strategy.setup_module(module)
             self._speed.setup_module(self)  # TF32; compile or CUDA-graph the forward
             if stage == "fit":
-                # Data first: schedulers may size themselves from estimated_stepping_batches.
-                self.train_dataloader = self._loader("train")
-                self.val_dataloaders = self._loaders("val") if _has_step(module, "validation_step") else []
+                # The loaders are requested by the fit loop, when Lightning requests them (or here, by
+                # configure_optimizers reading estimated_stepping_batches).
+                self._prepare_fit_data()
                 self._configure_optimizers()
                 self._speed.setup_optimizers(self)  # fused kernels on CUDA: before a checkpoint loads their state
             self._load_for_stage(stage, ckpt_path)
@@ -548,7 +526,7 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
                 self.profiler.teardown(stage)
             if stage == "fit":
                 self._preemption.uninstall(wait=status == "success")
-                resume.uninstall(self.train_dataloader)
+                resume.uninstall(self._train_loader)
                 self._release_run_folders()  # another process's ckpt_path="last" may take this run's folder now
             if stage == "fit" and self.is_global_zero:
                 for lg in self.loggers:
@@ -602,7 +580,8 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
                                  f"(or set automatic_optimization = False and step nothing)")
             self.optimizers, self.lr_scheduler_configs = [], []
         else:
-            self.optimizers, self.lr_scheduler_configs = parse_optimizers(returned)
+            self.optimizers, self.lr_scheduler_configs = parse_optimizers(
+                returned, automatic=self.module.automatic_optimization, module=self.module)
         self._optimizer_handles = [OptimizerHandle(o, self) for o in self.optimizers]
         self.strategy.precision.check_optimizers(self.optimizers)
         self._step_takes_opt_idx = len(self.optimizers) > 1 and self.module.automatic_optimization \
@@ -620,8 +599,9 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
                 f"optimizers: training_step(self, batch, batch_idx, optimizer_idx)), or one device")
         if not self.module.automatic_optimization and self.accumulate_grad_batches > 1:
             raise MisconfigurationError(
-                f"accumulate_grad_batches={self.accumulate_grad_batches} does nothing under manual optimisation "
-                f"(automatic_optimization = False): remove it and step the optimizer every n batches in training_step"
+                f"Automatic gradient accumulation is not supported for manual optimization: remove "
+                f"`Trainer(accumulate_grad_batches={self.accumulate_grad_batches})` (it does nothing when "
+                f"automatic_optimization = False) and step the optimizer every n batches in training_step"
             )
 
     # ================================================================== hooks

@@ -56,7 +56,7 @@ class CheckpointHandling:
             ckpt["loggers"] = [lg.state_dict() for lg in self.loggers]
             position = None
             if not self._epoch_finished and self.state.batch_idx > 0:
-                position = ckpt["data_position"] = resume.position(self.train_dataloader, self._tracker,
+                position = ckpt["data_position"] = resume.position(self._train_loader, self._tracker,
                                                                    self._epoch_loader_state, self.state.batch_idx)
             # Every rank's random state (a collective): ranks draw different amounts of randomness.
             own = resume.rank_state() if position is None else \
@@ -199,9 +199,7 @@ class CheckpointHandling:
             position.update({k: own[k] for k in ("loader_state", "sampler_state") if k in own})
             self._resume_position = {**position, "continue_state": own.get("rng")}
         elif "rng" in own:
-            from .seed import restore_rng_state
-
-            restore_rng_state(own["rng"])
+            self._resume_rng = own["rng"]  # put back by the fit loop, once requesting the train loader drew its numbers
 
     def _say_loaded(self, path: str, ckpt: dict, stage: str) -> None:
         """One line on rank 0: which file, and at which step training continues (fit) or it was written."""

@@ -8,17 +8,91 @@ import torch
 from .results import Results
 
 
+class ProgressBarMetrics(dict):
+    """``trainer.progress_bar_metrics``: what was logged with ``prog_bar=True``, read as Python floats.
+
+    Training stores the logged tensors as they are and each is turned into a float only when someone
+    reads this dict (the progress bar at its redraw, a user): on a GPU ``float()`` waits for the device,
+    and doing that every step would stall training for a number nobody may look at.
+    """
+
+    __slots__ = ()
+
+    def _as_floats(self) -> None:
+        for key, value in dict.items(self):
+            if not isinstance(value, float):
+                dict.__setitem__(self, key, float(value))
+
+    def __getitem__(self, key):
+        value = dict.__getitem__(self, key)
+        if not isinstance(value, float):
+            value = float(value)
+            dict.__setitem__(self, key, value)
+        return value
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    # dict(...) and {**...} copy a dict subclass entry by entry through __getitem__ only when it defines
+    # its own __iter__: this one does, so that a copy holds floats too.
+    def __iter__(self):
+        return dict.__iter__(self)
+
+    def items(self):
+        self._as_floats()
+        return dict.items(self)
+
+    def values(self):
+        self._as_floats()
+        return dict.values(self)
+
+    def copy(self) -> dict:
+        self._as_floats()
+        return dict(dict.items(self))
+
+    def pop(self, key, *default):
+        if key in self:
+            value = self[key]
+            dict.__delitem__(self, key)
+            return value
+        return dict.pop(self, key, *default)
+
+    def __eq__(self, other):
+        self._as_floats()
+        return dict.__eq__(self, other)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        self._as_floats()
+        return dict.__repr__(self)
+
+    def __reduce__(self):
+        return (ProgressBarMetrics, (self.copy(),))
+
+
 class MetricsHandling:
     """Trainer methods that publish what ``self.log`` collected; mixed into :class:`surge.Trainer`.
 
-    Values stay tensors on their device until ``_write_metrics`` hands them to a logger.
+    Values stay tensors on their device until ``_write_metrics`` hands them to a logger (and the
+    progress bar's until someone reads ``progress_bar_metrics``, which gives floats).
     """
+
+    @property
+    def progress_bar_metrics(self) -> ProgressBarMetrics:
+        """The values logged with ``prog_bar=True``, as Python floats (``{"train_loss": 0.25}``)."""
+        return self._progress_bar_metrics
+
+    @progress_bar_metrics.setter
+    def progress_bar_metrics(self, metrics: dict) -> None:
+        self._progress_bar_metrics = ProgressBarMetrics(metrics)
 
     def _log_step_metrics(self) -> None:
         """Keep per-step values for the progress bar and callbacks; write them out every n steps."""
         results = self._results
         self._update_step_metrics()
-        if self.state.batches_seen % self.log_every_n_steps == 0 or self.state.should_stop:
+        n = self.log_every_n_steps
+        if n and (self.state.batches_seen % n == 0 or self.state.should_stop):
             self._raise_if_nonfinite()
             metrics = results.step_metrics(for_logger=True)
             if metrics:
@@ -27,17 +101,22 @@ class MetricsHandling:
 
     def _update_step_metrics(self, results: Optional[Results] = None) -> None:
         """Put the values logged with on_step=True in this step (training by default, or the evaluation
-        ``results``) into ``callback_metrics`` and the progress bar's."""
+        ``results``) into ``callback_metrics``, ``logged_metrics`` and the progress bar's, as Lightning
+        does after every batch (the loggers get them every ``log_every_n_steps``)."""
         results = results or self._results
         training = results.stage == "train"
+        callback, logged, bar = self.callback_metrics, self.logged_metrics, self._progress_bar_metrics
         for m in results.metrics.values():
             if m.fresh and m.on_step:
                 key = f"{m.name}_step" if m.on_epoch else m.name
-                self.callback_metrics[key] = m.step_value
-                if training and m.name not in self.callback_metrics:
-                    self.callback_metrics[m.name] = m.step_value  # until the epoch value replaces it
+                value = m.step_value
+                callback[key] = value
+                if training:
+                    callback[m.name] = value  # until the epoch value replaces it, at the epoch's end
+                if m.logger and training:
+                    logged[key] = value
                 if m.prog_bar:
-                    self.progress_bar_metrics[key] = m.step_value
+                    bar[key] = value
 
     def _eval_step_metrics(self, results: Results, write: bool) -> None:
         """Values logged with on_step=True in an evaluation step: to callback_metrics, the progress bar
@@ -63,7 +142,8 @@ class MetricsHandling:
                     cb.on_train_epoch_end(self, self.module)
             self.module.on_train_epoch_end()
         epoch_values, to_log = {}, {}
-        for key, (value, m) in self._results.epoch_metrics().items():
+        results = self._results
+        for key, (value, m) in results.epoch_metrics().items():
             out_key = f"{key}_epoch" if m.on_step else key
             epoch_values[out_key] = value
             self.callback_metrics[out_key] = value
@@ -72,6 +152,7 @@ class MetricsHandling:
                 self.progress_bar_metrics[out_key] = value
             if m.logger:
                 to_log[out_key] = value
+        results.reset_metric_objects()  # their compute() is read: the next epoch starts from zero
         if log and to_log:
             self._write_metrics(to_log)
         if stage == "train":

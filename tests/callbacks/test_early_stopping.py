@@ -61,7 +61,7 @@ def test_stops_after_patience_checks_without_improvement(tmp_path):
     assert es.stopped_epoch == 4 and t.current_epoch == 5
     assert es.wait_count == 3
     assert float(es.best_score) == pytest.approx(0.5)
-    assert "did not improve" in es.stopping_reason
+    assert "did not improve" in es.stopping_reason_message
 
 
 def test_improvement_resets_the_count(tmp_path):
@@ -99,19 +99,19 @@ def test_not_strict_missing_metric_runs_on(tmp_path):
 def test_stopping_threshold(tmp_path):
     es = EarlyStopping("score", patience=100, stopping_threshold=0.25)
     _, model = fit(tmp_path, [1.0, 0.5, 0.3, 0.2, 0.1], es)
-    assert model.epochs_run == 4 and "threshold" in es.stopping_reason
+    assert model.epochs_run == 4 and "threshold" in es.stopping_reason_message
 
 
 def test_divergence_threshold(tmp_path):
     es = EarlyStopping("score", patience=100, divergence_threshold=5.0)
     _, model = fit(tmp_path, [1.0, 2.0, 7.0, 0.1], es)
-    assert model.epochs_run == 3 and "diverged" in es.stopping_reason
+    assert model.epochs_run == 3 and "diverged" in es.stopping_reason_message
 
 
 def test_non_finite_stops(tmp_path):
     es = EarlyStopping("score", patience=100)
     _, model = fit(tmp_path, [1.0, float("nan"), 0.5], es)
-    assert model.epochs_run == 2 and "not finite" in es.stopping_reason
+    assert model.epochs_run == 2 and "not finite" in es.stopping_reason_message
 
 
 def test_check_on_train_epoch_end(tmp_path):

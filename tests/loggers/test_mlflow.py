@@ -8,11 +8,11 @@ import pytest
 mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed (pip install 'surge[mlflow]')")
 
 import surge
-from surge.demos.boring import BoringModel
+from surge.demos.toy import ToyModel
 from surge.loggers import MLflowLogger
 
 
-class Tuned(BoringModel):
+class Tuned(ToyModel):
     def __init__(self, opt=None):
         super().__init__(lr=0.05)  # saves size, out, lr, batch_size
         self.hparams["opt"] = opt  # and a nested one, flattened to opt/name, opt/momentum

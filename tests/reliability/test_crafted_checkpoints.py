@@ -25,7 +25,7 @@ import torch
 import surge
 import surge.cli
 from surge.checkpoint import CheckpointError, load_checkpoint
-from surge.demos.boring import BoringModel
+from surge.demos.toy import ToyModel
 from surge.strategies.fsdp_checkpoint import consolidate, read_sharded_checkpoint
 
 QUIET = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -34,12 +34,12 @@ QUIET = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable
 WRITE_FOLDER = r'''
 import sys
 import surge
-from surge.demos.boring import BoringModel
+from surge.demos.toy import ToyModel
 from surge.strategies.fsdp import FSDP
 
 trainer = surge.Trainer(strategy=FSDP(), devices=1, max_steps=2, default_root_dir=sys.argv[1], accelerator="cpu",
                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-trainer.fit(BoringModel())  # plain SGD: DCP writes no "state" for its optimizer
+trainer.fit(ToyModel())  # plain SGD: DCP writes no "state" for its optimizer
 trainer.save_checkpoint(sys.argv[2])
 '''
 
@@ -47,7 +47,7 @@ trainer.save_checkpoint(sys.argv[2])
 FSDP_LOADS = r'''
 import json, sys, traceback
 import surge
-from surge.demos.boring import BoringModel
+from surge.demos.toy import ToyModel
 from surge.strategies.fsdp import FSDP
 
 cases, out = json.load(open(sys.argv[1])), {}
@@ -56,7 +56,7 @@ for name, path, stage in cases:
                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
                             enable_model_summary=False)
     try:
-        getattr(trainer, stage)(BoringModel(), ckpt_path=path)
+        getattr(trainer, stage)(ToyModel(), ckpt_path=path)
         out[name] = ["ok", trainer.global_step]
     except Exception as err:
         out[name] = [type(err).__name__, str(err), traceback.format_exc()[-2000:]]
@@ -95,7 +95,7 @@ def real_file(tmp_path_factory):
     """A single-file checkpoint written mid-epoch (it has every field, data_position included)."""
     root = tmp_path_factory.mktemp("file_written")
     trainer = surge.Trainer(max_steps=3, default_root_dir=root, **QUIET)
-    trainer.fit(BoringModel())
+    trainer.fit(ToyModel())
     trainer.save_checkpoint(root / "real.ckpt")
     return root / "real.ckpt"
 
@@ -238,11 +238,11 @@ def _trainer(tmp_path, **kwargs):
 def _every_in_process_entry_point(path, tmp_path, capsys):
     """Open ``path`` through each in-process entry point; yield (entry point, the exception it raised)."""
     calls = {
-        "fit": lambda: _trainer(tmp_path).fit(BoringModel(), ckpt_path=path),
-        "validate": lambda: _trainer(tmp_path).validate(BoringModel(), ckpt_path=path, verbose=False),
-        "test": lambda: _trainer(tmp_path).test(BoringModel(), ckpt_path=path, verbose=False),
-        "predict": lambda: _trainer(tmp_path).predict(BoringModel(), ckpt_path=path),
-        "load_from_checkpoint": lambda: BoringModel.load_from_checkpoint(path),
+        "fit": lambda: _trainer(tmp_path).fit(ToyModel(), ckpt_path=path),
+        "validate": lambda: _trainer(tmp_path).validate(ToyModel(), ckpt_path=path, verbose=False),
+        "test": lambda: _trainer(tmp_path).test(ToyModel(), ckpt_path=path, verbose=False),
+        "predict": lambda: _trainer(tmp_path).predict(ToyModel(), ckpt_path=path),
+        "load_from_checkpoint": lambda: ToyModel.load_from_checkpoint(path),
     }
     if os.path.isdir(path):
         calls["consolidate"] = lambda: consolidate(path, tmp_path / "out.ckpt")
@@ -308,7 +308,7 @@ def test_crafted_folders_under_fsdp_and_the_surge_command(crafted_folders, real_
 
     folder, marker = crafted_folders["code_in_metadata"]
     surge_cmd = os.path.join(os.path.dirname(sys.executable), "surge")
-    for args in (["validate", "--model", "surge.demos.boring.BoringModel", "--ckpt_path", str(folder),
+    for args in (["validate", "--model", "surge.demos.toy.ToyModel", "--ckpt_path", str(folder),
                   "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
                   "--trainer.default_root_dir", str(tmp_path)],
                  ["consolidate", str(folder), str(tmp_path / "out.ckpt")]):
@@ -330,11 +330,11 @@ def test_a_sharded_checkpoint_of_plain_sgd_consolidates_and_resumes_in_one_proce
     assert torch.equal(load_checkpoint(out)["state_dict"]["layer.weight"], full["state_dict"]["layer.weight"])
     for source in (real_folder, out):
         trainer = _trainer(tmp_path)
-        model = BoringModel()
+        model = ToyModel()
         trainer.fit(model, ckpt_path=source)
         assert trainer.global_step == 4
     # and into a plain module, straight from the folder
-    loaded = BoringModel.load_from_checkpoint(real_folder)
+    loaded = ToyModel.load_from_checkpoint(real_folder)
     assert torch.equal(loaded.layer.weight.detach(), full["state_dict"]["layer.weight"])
 
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 import surge
 from surge.callbacks import ModelCheckpoint
-from surge.demos.boring import BoringModel, RandomDataset
+from surge.demos.toy import ToyModel, ToyDataset
 from surge.loggers import CSVLogger
 
 
@@ -27,8 +27,8 @@ def quiet(root, **kwargs):
                          enable_model_summary=False, num_sanity_val_steps=0, **kwargs)
 
 
-class Dropped(BoringModel):
-    """BoringModel with dropout and shuffled batches (8 a epoch): its steps draw random numbers, so a resume
+class Dropped(ToyModel):
+    """ToyModel with dropout and shuffled batches (8 a epoch): its steps draw random numbers, so a resume
     matches only if the checkpoint holds the exact data position and random state of the next step."""
 
     def __init__(self):
@@ -43,7 +43,7 @@ class Dropped(BoringModel):
         return loss
 
     def train_dataloader(self):
-        return DataLoader(RandomDataset(32, 64, seed=1), batch_size=8, shuffle=True)
+        return DataLoader(ToyDataset(32, 64, seed=1), batch_size=8, shuffle=True)
 
 
 def fitted(root, model=None, ckpt_path=None, **kwargs):

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 import surge
 import surge.checkpoint as checkpoint_mod
 from surge.checkpoint import CheckpointError, load_checkpoint
-from surge.demos.boring import BoringModel, RandomDataset
+from surge.demos.toy import ToyModel, ToyDataset
 from surge.faults import OutOfMemoryError
 from surge.utils import MisconfigurationError, SurgeError
 
@@ -27,10 +27,10 @@ def quiet(tmp_path, **kwargs):
 
 
 def loader(n=64, batch_size=4):
-    return DataLoader(RandomDataset(32, n), batch_size=batch_size)
+    return DataLoader(ToyDataset(32, n), batch_size=batch_size)
 
 
-class NanAt(BoringModel):
+class NanAt(ToyModel):
     """Returns a NaN loss at the given batches (or ``None`` there, for the reference run)."""
 
     def __init__(self, bad=(2, 5), none_instead=False):
@@ -139,7 +139,7 @@ def test_on_nan_is_checked():
 
 
 # ---------------------------------------------------------------------- out of memory
-class OomAt(BoringModel):
+class OomAt(ToyModel):
     def __init__(self, where="training_step", step=3):
         super().__init__()
         self.where, self.step = where, step
@@ -196,7 +196,7 @@ def test_disk_full_or_no_permission_keeps_previous_checkpoints(tmp_path, monkeyp
         monkeypatch.setattr(checkpoint_mod.torch, "save", failing)
     else:
         monkeypatch.setattr(checkpoint_mod.os, "replace", failing)
-    model = BoringModel()
+    model = ToyModel()
     with pytest.raises(CheckpointError, match=rf"could not write checkpoint '.*step=4\.ckpt'.*{os.strerror(code)}"
                                               r".*previous checkpoints are intact"):
         trainer.fit(model, loader())
@@ -207,7 +207,7 @@ def test_disk_full_or_no_permission_keeps_previous_checkpoints(tmp_path, monkeyp
     assert first["global_step"] == 2
     # Training state is consistent: a new run resumes from the intact checkpoint and finishes.
     trainer2, _ = _fit_with_checkpoints(tmp_path)
-    trainer2.fit(BoringModel(), loader(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    trainer2.fit(ToyModel(), loader(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     assert trainer2.global_step == 8
 
 
@@ -228,7 +228,7 @@ import os, resource, signal, sys
 import torch
 from torch.utils.data import DataLoader
 import surge
-from surge.demos.boring import BoringModel, RandomDataset
+from surge.demos.toy import ToyModel, ToyDataset
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so that a write past the limit fails with EFBIG, not a kill
 
@@ -242,7 +242,7 @@ class LimitAfterFirstSave(surge.callbacks.Callback):
 ckpt = surge.callbacks.ModelCheckpoint(dirpath=sys.argv[1], every_n_train_steps=2, save_top_k=-1, save_last=True)
 trainer = surge.Trainer(accelerator="cpu", max_steps=8, callbacks=[LimitAfterFirstSave(), ckpt], logger=False,
                         enable_progress_bar=False, enable_model_summary=False)
-trainer.fit(BoringModel(), DataLoader(RandomDataset(32, 64), batch_size=4))
+trainer.fit(ToyModel(), DataLoader(ToyDataset(32, 64), batch_size=4))
 '''
 
 
@@ -274,7 +274,7 @@ def test_a_failing_logger_warns_once_and_training_continues(tmp_path):
     trainer = quiet(tmp_path, max_steps=10, logger=broken, log_every_n_steps=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer.fit(BoringModel(), loader())
+        trainer.fit(ToyModel(), loader())
     relevant = [w for w in caught if "logger Broken.log_metrics failed" in str(w.message)]
     assert len(relevant) == 1 and "No space left" in str(relevant[0].message)
     assert broken.calls == 1 and trainer.global_step == 10
@@ -296,7 +296,7 @@ def test_a_logger_whose_folder_is_removed_mid_run_does_not_stop_training(tmp_pat
     trainer = quiet(tmp_path, max_steps=10, logger=logger, log_every_n_steps=1, callbacks=[RemoveLogs()])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer.fit(BoringModel(), loader())
+        trainer.fit(ToyModel(), loader())
     assert trainer.global_step == 10
     assert len([w for w in caught if "logger CSVLogger" in str(w.message)]) <= 1
 
@@ -317,19 +317,19 @@ class Boom(surge.callbacks.Callback):
 @pytest.mark.parametrize("hook", ["on_train_batch_end", "on_train_epoch_end"])
 def test_a_raising_callback_is_named(tmp_path, hook):
     with pytest.raises(RuntimeError, match="boom") as info:
-        quiet(tmp_path, max_epochs=1, callbacks=[Boom(hook)]).fit(BoringModel(), loader())
+        quiet(tmp_path, max_epochs=1, callbacks=[Boom(hook)]).fit(ToyModel(), loader())
     assert f"(raised by callback Boom.{hook})" in info.value.__notes__
 
 
 def test_the_user_sees_the_callback_name_in_the_traceback(tmp_path):
     script = tmp_path / "cb.py"
     script.write_text(
-        "import surge\nfrom torch.utils.data import DataLoader\nfrom surge.demos.boring import BoringModel, RandomDataset\n"
+        "import surge\nfrom torch.utils.data import DataLoader\nfrom surge.demos.toy import ToyModel, ToyDataset\n"
         "class Exploding(surge.callbacks.Callback):\n"
         "    def on_train_batch_start(self, trainer, module, batch, batch_idx):\n"
         "        raise ValueError('bad callback')\n"
         "surge.Trainer(accelerator='cpu', max_steps=2, logger=False, enable_progress_bar=False, callbacks=[Exploding()])"
-        ".fit(BoringModel(), DataLoader(RandomDataset(32, 8), batch_size=4))\n")
+        ".fit(ToyModel(), DataLoader(ToyDataset(32, 8), batch_size=4))\n")
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 1
     assert "ValueError: bad callback" in proc.stderr

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader, IterableDataset
 
 import surge
-from surge.demos.boring import BoringModel, RandomDataset
+from surge.demos.toy import ToyModel, ToyDataset
 from surge.utils import SurgeError
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -68,8 +68,8 @@ def test_trainer_arguments(tmp_path_factory, kwargs):
         assert_clear(err, *kwargs)
         return
     try:
-        trainer.fit(BoringModel(), DataLoader(RandomDataset(32, 8), batch_size=4),
-                    DataLoader(RandomDataset(32, 8), batch_size=4))
+        trainer.fit(ToyModel(), DataLoader(ToyDataset(32, 8), batch_size=4),
+                    DataLoader(ToyDataset(32, 8), batch_size=4))
     except Exception as err:
         assert_clear(err)
 
@@ -91,7 +91,7 @@ LOG_ARGS = st.fixed_dictionaries({}, optional={
 @given(name=st.one_of(st.text(max_size=8), st.none(), st.integers()), value=values, args=LOG_ARGS,
        where=st.sampled_from(["training_step", "validation_step", "on_train_epoch_end"]))
 def test_self_log_arguments(tmp_path_factory, name, value, args, where):
-    class Logs(BoringModel):
+    class Logs(ToyModel):
         def _log(self, hook):
             if hook == where:
                 self.log(name, value, **args)
@@ -110,7 +110,7 @@ def test_self_log_arguments(tmp_path_factory, name, value, args, where):
     trainer = surge.Trainer(default_root_dir=tmp_path_factory.mktemp("l"), max_epochs=1, accelerator="cpu",
                             num_sanity_val_steps=0, **QUIET)
     try:
-        trainer.fit(Logs(), DataLoader(RandomDataset(32, 8), batch_size=4), DataLoader(RandomDataset(32, 8), batch_size=4))
+        trainer.fit(Logs(), DataLoader(ToyDataset(32, 8), batch_size=4), DataLoader(ToyDataset(32, 8), batch_size=4))
     except Exception as err:
         assert_clear(err, "self.log")
 
@@ -133,12 +133,12 @@ def _optimizer_returns(params):
 @SETTINGS
 @given(st.data())
 def test_configure_optimizers_return_shapes(tmp_path_factory, data):
-    model = BoringModel()
+    model = ToyModel()
     make = data.draw(_optimizer_returns(model.parameters()))
     model.configure_optimizers = lambda: make()
     trainer = surge.Trainer(default_root_dir=tmp_path_factory.mktemp("o"), max_steps=2, accelerator="cpu", **QUIET)
     try:
-        trainer.fit(model, DataLoader(RandomDataset(32, 8), batch_size=4))
+        trainer.fit(model, DataLoader(ToyDataset(32, 8), batch_size=4))
     except Exception as err:
         assert_clear(err, "configure_optimizers", "optimizer", "lr_scheduler", "scheduler")
 
@@ -194,7 +194,7 @@ def test_batch_structures_and_dataloader_kinds(tmp_path_factory, kind, loader_ki
     else:
         loader = DataLoader(SizedStream() if loader_kind == "iterable_sized" else Stream(), batch_size=2, collate_fn=collate)
 
-    class Net(BoringModel):
+    class Net(ToyModel):
         def training_step(self, batch, batch_idx):
             return self(_first_tensor(batch)).sum()
 

@@ -7,7 +7,7 @@ import yaml
 
 import surge
 from surge.checkpoint import CheckpointError, load_checkpoint
-from surge.demos.boring import BoringModel, RandomDataset
+from surge.demos.toy import ToyModel, ToyDataset
 from surge.launch import detect_environment
 from torch.utils.data import DataLoader
 
@@ -31,17 +31,17 @@ def _malicious_checkpoint(tmp_path, model):
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path):
-    model = BoringModel()
+    model = ToyModel()
     path, marker = _malicious_checkpoint(tmp_path, model)
 
     with pytest.raises(CheckpointError, match=r"could run code.*weights_only=False"):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="could run code"):
-        BoringModel.load_from_checkpoint(path)
+        ToyModel.load_from_checkpoint(path)
     trainer = surge.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     with pytest.raises(CheckpointError, match="could run code"):
-        trainer.fit(model, DataLoader(RandomDataset(32, 8), batch_size=4), ckpt_path=path)
+        trainer.fit(model, DataLoader(ToyDataset(32, 8), batch_size=4), ckpt_path=path)
     assert not marker.exists()
     # The sanity check of the test itself: a full unpickle does run the payload.
     torch.load(path, weights_only=False)
@@ -49,7 +49,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path):
 
 
 def test_hyperparameters_are_saved_as_plain_data(tmp_path):
-    class Net(BoringModel):
+    class Net(ToyModel):
         def __init__(self, size=32, lr=0.1, batch_size=8, dims=(4, 8), act=torch.nn.ReLU, extra=None):
             super().__init__(size=size, lr=lr)
             self.save_hyperparameters()
@@ -59,7 +59,7 @@ def test_hyperparameters_are_saved_as_plain_data(tmp_path):
     model = Net(extra={"nested": [1, 2.5, "x"]})
     trainer = surge.Trainer(accelerator="cpu", max_steps=1, logger=CSVLogger(tmp_path), default_root_dir=tmp_path,
                             enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(model, DataLoader(RandomDataset(32, 8), batch_size=4))
+    trainer.fit(model, DataLoader(ToyDataset(32, 8), batch_size=4))
     ckpt_path = tmp_path / "hp.ckpt"
     trainer.save_checkpoint(ckpt_path)
     # weights_only=True would refuse any object that is not plain data

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import surge
-from surge.demos.boring import BoringModel, RandomDataset
+from surge.demos.toy import ToyModel, ToyDataset
 
 RANKS = textwrap.dedent(r'''
     import hashlib, json, os, random, sys
@@ -153,7 +153,7 @@ def test_a_changed_world_size_is_one_line_saying_what_is_not_exact(two_ranks, ca
     with pytest.raises(ValueError, match="rank_states must be a non-empty list of dicts"):
         resume.own_rank_state({**ckpt, "rank_states": [None]}, 0, 2)
 
-    class Net(BoringModel):  # the DDP checkpoint's weights, resumed on one process
+    class Net(ToyModel):  # the DDP checkpoint's weights, resumed on one process
         def __init__(self):
             super().__init__()
             self.net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Dropout(0.2),
@@ -168,7 +168,7 @@ def test_a_changed_world_size_is_one_line_saying_what_is_not_exact(two_ranks, ca
 
     trainer = surge.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                             enable_model_summary=False)
-    trainer.fit(Net(), DataLoader(RandomDataset(6, 40), batch_size=4), ckpt_path=two_ranks / "ddp" / "epoch=0-step=3.ckpt")
+    trainer.fit(Net(), DataLoader(ToyDataset(6, 40), batch_size=4), ckpt_path=two_ranks / "ddp" / "epoch=0-step=3.ckpt")
     out = capsys.readouterr().out
     assert "written by 2 processes and this run has 1" in out
     assert f"resuming from {two_ranks / 'ddp' / 'epoch=0-step=3.ckpt'} at global step 3 (epoch 0, batch 3)" in out
@@ -178,7 +178,7 @@ def test_a_changed_world_size_is_one_line_saying_what_is_not_exact(two_ranks, ca
 LAST = textwrap.dedent(r'''
     import os, signal, sys, time
     import surge
-    from surge.demos.boring import BoringModel
+    from surge.demos.toy import ToyModel
     from surge.loggers import CSVLogger
 
     root, name = os.environ["ROOT"], os.environ["NAME"]
@@ -196,7 +196,7 @@ LAST = textwrap.dedent(r'''
     trainer = surge.Trainer(max_steps=int(os.environ["STEPS"]), default_root_dir=root, logger=CSVLogger(root),
                             callbacks=[Control(), surge.ModelCheckpoint(every_n_train_steps=1, save_last=True, save_top_k=0)],
                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
-    trainer.fit(BoringModel(lr=float(os.environ["LR"])), ckpt_path="last")
+    trainer.fit(ToyModel(lr=float(os.environ["LR"])), ckpt_path="last")
 ''')
 
 
@@ -266,7 +266,7 @@ def test_a_run_id_tells_runs_with_equal_hyperparameters_apart(tmp_path, monkeypa
         trainer = surge.Trainer(max_steps=steps, default_root_dir=tmp_path, logger=surge.loggers.CSVLogger(tmp_path),
                                 callbacks=[surge.ModelCheckpoint(every_n_train_steps=1, save_last=True, save_top_k=0)],
                                 enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
-        trainer.fit(BoringModel(), ckpt_path="last")
+        trainer.fit(ToyModel(), ckpt_path="last")
         return trainer
 
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import surge
-from surge.demos.boring import BoringModel
+from surge.demos.toy import ToyModel
 from surge.launch import find_free_port
 from surge.utils import MisconfigurationError
 
@@ -20,13 +20,13 @@ TWO_NODES = r'''
 import os, sys
 import torch
 import surge
-from surge.demos.boring import BoringModel
+from surge.demos.toy import ToyModel
 
 out = sys.argv[1]
 trainer = surge.Trainer(strategy="ddp", accelerator="cpu", devices=1, num_nodes=2, max_steps=8, logger=False,
                         callbacks=[surge.ModelCheckpoint(dirpath=os.path.join(out, "ckpts"), save_last=True)],
                         enable_progress_bar=False, enable_model_summary=False)
-model = BoringModel()
+model = ToyModel()
 trainer.fit(model)
 torch.save({"ranks": (trainer.world_size, trainer.global_rank, trainer.local_rank, trainer.node_rank),
             "step": trainer.global_step, "weights": model.state_dict()},
@@ -81,7 +81,7 @@ def test_master_port_already_in_use_is_a_clear_error(clean_env, monkeypatch):
         trainer = surge.Trainer(strategy="ddp", accelerator="cpu", devices=1, max_steps=1, logger=False,
                                 enable_progress_bar=False, enable_model_summary=False)
         with pytest.raises(MisconfigurationError, match=f"MASTER_PORT={port} is already in use"):
-            trainer.fit(BoringModel())
+            trainer.fit(ToyModel())
     assert not torch.distributed.is_initialized()
 
 

@@ -2,11 +2,12 @@
 from .base import Callback
 from .checkpoint import ModelCheckpoint
 from .early_stopping import EarlyStopping
+from .finetuning import BackboneFinetuning, BaseFinetuning
 from .lr_monitor import LearningRateMonitor
 from .model_summary import ModelSummary
 from .progress import ProgressBar, TQDMProgressBar
 
-__all__ = ["Callback", "ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "ModelSummary", "ProgressBar",
+__all__ = ["Callback", "ModelCheckpoint", "EarlyStopping", "BaseFinetuning", "BackboneFinetuning", "LearningRateMonitor", "ModelSummary", "ProgressBar",
            "TQDMProgressBar", "DeviceStatsMonitor", "ThroughputMonitor", "RichProgressBar"]
 
 # Imported on first use: their modules pull in psutil, rich or the FLOP counter only when used.

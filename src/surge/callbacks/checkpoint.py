@@ -132,7 +132,7 @@ class ModelCheckpoint(Callback):
         if self.save_on_train_epoch_end is not None:
             return self.save_on_train_epoch_end
         # Without validation at the end of this epoch, save when the training epoch ends.
-        return not trainer.val_dataloaders or not trainer._epoch_finished or trainer.limit_val_batches == 0
+        return not trainer._validates_in_fit or not trainer._epoch_finished
 
     def _epoch_due(self, trainer) -> bool:
         if not self.every_n_epochs or not trainer._epoch_finished:

@@ -53,7 +53,7 @@ class DeviceStatsMonitor(Callback):
     def setup(self, trainer, module, stage: str) -> None:
         if stage != "fit":
             return
-        self._every = self.every_n_steps or trainer.log_every_n_steps
+        self._every = self.every_n_steps or trainer.log_every_n_steps or 1
         if self.cpu_stats is not False:
             try:
                 import psutil

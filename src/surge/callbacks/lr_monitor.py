@@ -49,7 +49,7 @@ class LearningRateMonitor(Callback):
         return out
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        if self._interval(trainer) == "step" and trainer.state.batches_seen % trainer.log_every_n_steps == 0:
+        if self._interval(trainer) == "step" and trainer.state.batches_seen % (trainer.log_every_n_steps or 1) == 0:
             trainer._write_metrics(self._values(trainer))
 
     def on_train_epoch_start(self, trainer, module) -> None:

@@ -89,7 +89,7 @@ class TQDMProgressBar(ProgressBar):
     def _eval_start(self, trainer, desc, totals) -> None:
         if not self._enabled(trainer):
             return
-        total = sum(t for t in totals if t is not None) if totals and all(t is not None for t in totals) else None
+        total = sum(totals) if totals and all(isinstance(t, int) for t in totals) else None
         in_fit = self._bar is not None
         self._eval_bar = self._new_bar(desc, total, position=1 if in_fit else 0, leave=not in_fit and self.leave)
 

@@ -116,7 +116,7 @@ class RichProgressBar(ProgressBar):
     def _eval_start(self, trainer, desc, totals) -> None:
         if not self._enabled(trainer):
             return
-        total = sum(totals) if totals and all(t is not None for t in totals) else None
+        total = sum(totals) if totals and all(isinstance(t, int) for t in totals) else None
         progress = self._ensure_progress()
         self._eval_task = progress.add_task(desc, total=total, metrics="")
 

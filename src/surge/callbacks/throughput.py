@@ -161,7 +161,7 @@ class ThroughputMonitor(Callback):
         if stage != "fit":
             return
         self._reset_run()
-        self._every = self.window or trainer.log_every_n_steps
+        self._every = self.window or trainer.log_every_n_steps or 1
         self._device = trainer.strategy.root_device
         self._world = trainer.world_size
         if self.peak_flops is None and self._device.type == "cuda":

@@ -10,7 +10,15 @@ Example::
 
 These are surge's own objects under a second name (``pl.LightningModule is surge.Module``), not copies
 or wrappers, so everything in surge's documentation applies to them.
+
+Importing this package switches the process to Lightning's default names (:mod:`surge.dialect`): loggers
+write under ``lightning_logs/`` and ``seed_everything`` leaves its seed in ``$PL_GLOBAL_SEED``.
+``cli``, ``profilers`` and ``strategies`` load when first named (``pl.cli`` needs jsonargparse).
 """
+import importlib
+
+from .. import dialect as _dialect
+from ..banner import print_logo as cli_lightning_logo
 from ..callbacks import Callback
 from ..datamodule import DataModule as LightningDataModule
 from ..module import Module as LightningModule
@@ -19,5 +27,17 @@ from ..trainer import Trainer
 from . import callbacks, core, loggers, trainer, utilities
 from .utilities import rank_zero_only
 
+_dialect.use(_dialect.LIGHTNING)  # code written for Lightning finds lightning_logs/ and $PL_GLOBAL_SEED
+
+__version__ = importlib.import_module("surge").__version__  # surge's version: this is surge, not Lightning
+
+_LAZY_SUBMODULES = ("cli", "profilers", "strategies")
+
 __all__ = ["LightningModule", "LightningDataModule", "Trainer", "Callback", "seed_everything", "callbacks",
-           "core", "loggers", "trainer", "utilities", "rank_zero_only"]
+           "core", "loggers", "trainer", "utilities", "rank_zero_only", "cli_lightning_logo", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)  # the import makes it an attribute of this package
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

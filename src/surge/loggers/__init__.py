@@ -12,11 +12,11 @@ Example::
 Importing this package does not import TensorBoard; ``TensorBoardLogger`` loads it when it
 opens its first event file.
 """
-from .base import Logger
+from .base import DummyLogger, Logger
 from .csv import CSVLogger
 from .tensorboard import TensorBoardLogger
 
-__all__ = ["Logger", "CSVLogger", "TensorBoardLogger", "MLflowLogger"]
+__all__ = ["Logger", "DummyLogger", "CSVLogger", "TensorBoardLogger", "MLflowLogger"]
 
 
 def __getattr__(name: str):

@@ -7,6 +7,8 @@ from argparse import Namespace
 from collections.abc import Mapping
 from typing import Any
 
+from .. import dialect
+
 HPARAMS_FILE = "hparams.yaml"
 _VERSION_DIR = re.compile(r"^version_(\d+)$")
 
@@ -27,6 +29,7 @@ class Logger:
         logger = PrintLogger("runs", name="mnist")   # log_dir: runs/mnist/version_<next free>
     """
 
+    @dialect.default("name", "log_folder")  # "lightning_logs" once surge.lightning is imported
     def __init__(
         self,
         save_dir: str | os.PathLike | None = None,
@@ -98,8 +101,8 @@ class Logger:
         """The underlying writer object (None in the base class)."""
         return self._experiment
 
-    def log_hyperparams(self, params: Mapping | Any) -> None:
-        """Write ``params`` (a possibly nested dict) to ``log_dir/hparams.yaml``.
+    def log_hyperparams(self, params: Mapping | Any = None) -> None:
+        """Write ``params`` (a possibly nested dict; None: an empty one) to ``log_dir/hparams.yaml``.
 
         Values that are not plain data (numbers, strings, lists, dicts) are stored as ``str``.
 
@@ -107,11 +110,7 @@ class Logger:
         """
         if self.log_dir is None:
             return
-        import yaml  # only needed when hparams are actually written
-
-        os.makedirs(self.log_dir, exist_ok=True)
-        with open(os.path.join(self.log_dir, HPARAMS_FILE), "w") as f:
-            yaml.safe_dump(plain_params(params), f, sort_keys=False)
+        save_hparams_to_yaml(os.path.join(self.log_dir, HPARAMS_FILE), {} if params is None else params)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Record scalar ``metrics`` at ``step``; e.g. ``logger.log_metrics({"loss": 0.5}, step=10)``."""
@@ -160,6 +159,37 @@ class Logger:
 _PLAIN = (bool, int, float, str, type(None))
 
 
+def save_hparams_to_yaml(config_yaml: str | os.PathLike, hparams: Mapping | Any) -> None:
+    """Write ``hparams`` (a dict or Namespace, possibly nested) to the YAML file ``config_yaml``, its folder
+    made if needed; values that are not plain data are stored as ``str`` (see :func:`plain_params`)."""
+    import yaml  # only needed when hparams are actually written
+
+    folder = os.path.dirname(os.fspath(config_yaml))
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    with open(config_yaml, "w") as f:
+        yaml.safe_dump(plain_params(hparams), f, sort_keys=False)
+
+
+def load_hparams_from_yaml(config_yaml: str | os.PathLike, use_omegaconf: bool = True) -> dict:
+    """The hyperparameters in the YAML file ``config_yaml`` (as :meth:`Logger.log_hyperparams` writes them),
+    a dict; ``{}`` with a warning when the file does not exist. ``use_omegaconf`` is accepted for
+    Lightning's signature: surge returns a plain dict either way.
+
+    Example: ``load_hparams_from_yaml("runs/exp/version_0/hparams.yaml")["lr"]``.
+    """
+    import yaml
+
+    if not os.path.isfile(config_yaml):
+        import warnings
+
+        warnings.warn(f"load_hparams_from_yaml: {os.fspath(config_yaml)!r} does not exist; returning no hyperparameters")
+        return {}
+    with open(config_yaml) as f:
+        loaded = yaml.safe_load(f)
+    return dict(loaded) if isinstance(loaded, Mapping) else {}
+
+
 def plain_params(params: Any) -> Any:
     """Return ``params`` as YAML-safe plain data, turning anything unknown into ``str``.
 
@@ -192,3 +222,55 @@ def to_number(value: Any, key: str) -> int | float:
         return float(value)
     except (TypeError, ValueError) as err:
         raise TypeError(f"metric {key!r} must be a number, got {type(value).__name__}") from err
+
+
+class _NoOp:
+    """What :class:`DummyLogger` gives for anything: every call and attribute is a no-op, indexing gives itself."""
+
+    def __call__(self, *args, **kwargs) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> "_NoOp":
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self
+
+    def __getitem__(self, idx) -> "_NoOp":
+        return self
+
+
+class DummyLogger(Logger):
+    """A logger that writes nothing and accepts anything: the Trainer's stand-in for the user's loggers under
+    ``fast_dev_run``, so that code such as ``self.logger.experiment.add_image(...)`` still runs.
+
+    Example::
+
+        trainer = surge.Trainer(fast_dev_run=True)   # trainer.logger is a DummyLogger
+        trainer.logger.experiment.add_scalar("x", 1)  # does nothing
+    """
+
+    def __init__(self) -> None:
+        super().__init__(save_dir=None, name="", version="")
+        self._experiment = _NoOp()
+
+    @property
+    def name(self) -> str:
+        return ""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    def log_metrics(self, *args, **kwargs) -> None:
+        pass
+
+    def log_hyperparams(self, *args, **kwargs) -> None:
+        pass
+
+    def __getitem__(self, idx) -> "DummyLogger":  # self.logger[0].experiment...
+        return self
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _NoOp()

@@ -5,7 +5,8 @@ import csv
 import os
 from collections.abc import Mapping
 
-from .base import Logger, to_number
+from .. import dialect
+from .base import HPARAMS_FILE, Logger, to_number
 
 METRICS_FILE = "metrics.csv"
 
@@ -26,15 +27,23 @@ class CSVExperimentWriter:
         writer.save()   # runs/exp/version_0/metrics.csv: "step,loss" / "0,0.25"
     """
 
+    NAME_METRICS_FILE = METRICS_FILE
+    NAME_HPARAMS_FILE = HPARAMS_FILE
+
     def __init__(self, log_dir: str):
         self.log_dir = log_dir
-        self.metrics_file = os.path.join(log_dir, METRICS_FILE)
+        self.metrics_file = self.metrics_file_path = os.path.join(log_dir, METRICS_FILE)
         self.keys: list[str] = []  # metric columns (without "step"), in order of first appearance
         self._pending: list[dict[str, str]] = []  # rows not yet on disk
         self._disk_keys: list[str] | None = None  # header of the file on disk; None: no file yet
         self._drop_from: int | None = None  # old rows with step >= this are replaced by ours
         self._resumed_at: int | None = None  # the step of the checkpoint this run resumed from
         self._started = False
+
+    @property
+    def metrics(self) -> list[dict[str, str]]:
+        """The rows logged and not yet written (``save`` empties it)."""
+        return self._pending
 
     @property
     def started(self) -> bool:
@@ -142,6 +151,7 @@ class CSVLogger(Logger):
         logger.finalize("success")   # runs/mnist/version_0/metrics.csv
     """
 
+    @dialect.default("name", "log_folder")  # "lightning_logs" once surge.lightning is imported
     def __init__(
         self,
         save_dir: str | os.PathLike,
@@ -163,10 +173,12 @@ class CSVLogger(Logger):
             self._experiment = CSVExperimentWriter(self.log_dir)
         return self._experiment
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Buffer one row of ``metrics`` at ``step``; e.g. ``logger.log_metrics({"loss": 0.1}, 5)``."""
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Buffer one row of ``metrics`` at ``step``; e.g. ``logger.log_metrics({"loss": 0.1}, 5)``. Without a
+        step, the row's step is the number of rows buffered before it."""
         numbers = {key: to_number(value, key) for key, value in self._prefixed(metrics).items()}
-        self.experiment.log_metrics(numbers, step)
+        experiment = self.experiment
+        experiment.log_metrics(numbers, len(experiment.metrics) if step is None else step)
         self._calls += 1
         if self._calls % self._flush_every == 0:
             self.save()

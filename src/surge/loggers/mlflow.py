@@ -7,6 +7,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Optional
 
+from .. import dialect
 from .base import Logger, plain_params, to_number
 from .tensorboard import _flatten
 
@@ -47,6 +48,7 @@ class MLflowLogger(Logger):
         # mlflow.MlflowClient("sqlite:///mlflow.db").get_run(logger.run_id).data.metrics
     """
 
+    @dialect.default("experiment_name", "log_folder")  # "lightning_logs" once surge.lightning is imported
     def __init__(self, experiment_name: str = "surge_logs", run_name: Optional[str] = None,
                  tracking_uri: Optional[str] = None, save_dir: Optional[str] = None,
                  tags: Optional[Mapping[str, Any]] = None, log_model: bool = False, prefix: str = "",

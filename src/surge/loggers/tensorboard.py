@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .. import dialect
 from .base import Logger, plain_params, to_number
 
 
@@ -31,6 +32,7 @@ class TensorBoardLogger(Logger):
         logger.finalize("success")   # then: tensorboard --logdir runs
     """
 
+    @dialect.default("name", "log_folder")  # "lightning_logs" once surge.lightning is imported
     def __init__(
         self,
         save_dir: str | os.PathLike,

@@ -5,12 +5,13 @@ monitors and the rich progress bar load their libraries only when first named, a
 """
 from .callback import Callback
 from .early_stopping import EarlyStopping
+from .finetuning import BackboneFinetuning, BaseFinetuning
 from .lr_monitor import LearningRateMonitor
 from .model_checkpoint import ModelCheckpoint
 from .model_summary import ModelSummary
 from .progress import ProgressBar, TQDMProgressBar
 
-__all__ = ["Callback", "EarlyStopping", "LearningRateMonitor", "ModelCheckpoint", "ModelSummary", "ProgressBar",
+__all__ = ["Callback", "EarlyStopping", "BaseFinetuning", "BackboneFinetuning", "LearningRateMonitor", "ModelCheckpoint", "ModelSummary", "ProgressBar",
            "TQDMProgressBar", "DeviceStatsMonitor", "ThroughputMonitor", "RichProgressBar"]
 
 

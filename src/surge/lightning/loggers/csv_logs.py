@@ -1,4 +1,6 @@
-"""``surge.lightning.loggers.csv_logs``: ``CSVLogger`` is surge's own."""
+"""``surge.lightning.loggers.csv_logs``: ``CSVLogger`` and its writer (``ExperimentWriter``: surge's
+``CSVExperimentWriter``) are surge's own."""
+from ...loggers.csv import CSVExperimentWriter as ExperimentWriter
 from ...loggers.csv import CSVLogger
 
-__all__ = ["CSVLogger"]
+__all__ = ["CSVLogger", "ExperimentWriter"]

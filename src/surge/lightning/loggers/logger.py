@@ -1,4 +1,4 @@
-"""``surge.lightning.loggers.logger``: the base ``Logger`` is surge's own."""
-from ...loggers.base import Logger
+"""``surge.lightning.loggers.logger``: the base ``Logger`` and ``DummyLogger`` are surge's own."""
+from ...loggers.base import DummyLogger, Logger
 
-__all__ = ["Logger"]
+__all__ = ["Logger", "DummyLogger"]

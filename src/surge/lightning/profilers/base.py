@@ -1,0 +1,4 @@
+"""``surge.lightning.profilers.base``: ``PassThroughProfiler`` (:mod:`surge.profiler`)."""
+from ...profiler import PassThroughProfiler
+
+__all__ = ["PassThroughProfiler"]

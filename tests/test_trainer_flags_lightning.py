@@ -1,0 +1,380 @@
+"""Trainer arguments as code written for Lightning uses them: barebones, PL_TRAINER_* defaults, the
+1-versus-1.0 notes, val_check_interval limits, fast_dev_run with the user's callbacks, max_epochs left
+unset, and validation data without validation_step (and the reverse). Checked by what really ran."""
+import logging
+import os
+import warnings
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import surge
+import surge.lightning as pl
+from surge.callbacks import EarlyStopping, ModelCheckpoint, ModelSummary, ProgressBar
+from surge.demos.toy import ToyModel, ToyDataset
+from surge.utils import MisconfigurationError
+
+
+def quiet(**kwargs):
+    """A Trainer that writes nothing and prints nothing (each test turns on what it checks)."""
+    for key, value in dict(enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                           logger=False, accelerator="cpu").items():
+        kwargs.setdefault(key, value)
+    return surge.Trainer(**kwargs)
+
+
+class Counting(ToyModel):
+    """ToyModel counting the training and (non-sanity) validation batches it ran."""
+
+    def __init__(self):
+        super().__init__()
+        self.trained, self.validated = 0, 0
+
+    def training_step(self, batch, batch_idx):
+        self.trained += 1
+        return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        if not self.trainer.sanity_checking:
+            self.validated += 1
+        return super().validation_step(batch, batch_idx)
+
+
+@pytest.fixture
+def surge_logs(caplog):
+    """Records what surge logs at INFO (logger "surge") and returns the text so far."""
+    caplog.set_level(logging.INFO, logger="surge")
+    return lambda: "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("surge"))
+
+
+# ---------------------------------------------------------------- barebones
+def test_barebones_turns_every_overhead_off(tmp_path, surge_logs):
+    trainer = surge.Trainer(barebones=True, default_root_dir=tmp_path, accelerator="cpu")
+    assert trainer.barebones
+    assert trainer.loggers == [] and trainer.logger is None
+    assert trainer.checkpoint_callback is None and trainer.progress_bar_callback is None
+    assert not any(isinstance(cb, (ModelSummary, ProgressBar, ModelCheckpoint)) for cb in trainer.callbacks)
+    assert trainer.log_every_n_steps == 0 and trainer.num_sanity_val_steps == 0
+    assert not trainer.fast_dev_run and not trainer.detect_anomaly and trainer.profiler is None
+    assert "running in `Trainer(barebones=True)` mode" in surge_logs()
+    assert not surge.Trainer(accelerator="cpu", logger=False).barebones
+
+
+@pytest.mark.parametrize("name, value", [
+    ("enable_checkpointing", True), ("logger", True), ("enable_progress_bar", True), ("enable_model_summary", True),
+    ("log_every_n_steps", 1), ("num_sanity_val_steps", 2), ("fast_dev_run", 1), ("fast_dev_run", True),
+    ("detect_anomaly", True), ("profiler", "simple"),
+])
+def test_barebones_refuses_what_it_turns_off(tmp_path, name, value):
+    with pytest.raises(MisconfigurationError, match=rf"`Trainer\(barebones=True, {name}={value!r}\)` was passed"):
+        surge.Trainer(barebones=True, default_root_dir=tmp_path, **{name: value})
+    # the same refusal is a ValueError, which is what Lightning raises
+    with pytest.raises(ValueError):
+        surge.Trainer(barebones=True, default_root_dir=tmp_path, **{name: value})
+
+
+def test_barebones_accepts_the_values_it_would_choose(tmp_path):
+    trainer = surge.Trainer(barebones=True, default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=0,
+                            num_sanity_val_steps=0, fast_dev_run=False, detect_anomaly=False, profiler=None)
+    assert trainer.loggers == [] and trainer.log_every_n_steps == 0
+
+
+def test_barebones_trains_and_writes_nothing(tmp_path):
+    model = Counting()
+    trainer = surge.Trainer(barebones=True, max_epochs=2, limit_train_batches=3, limit_val_batches=2,
+                            default_root_dir=tmp_path, accelerator="cpu")
+    trainer.fit(model)
+    assert trainer.global_step == 6 and model.trained == 6
+    assert model.validated == 4  # validation still runs, only its extras are off
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_barebones_the_switches_keep_their_defaults(tmp_path):
+    trainer = surge.Trainer(default_root_dir=tmp_path, accelerator="cpu")
+    assert trainer.log_every_n_steps == 50 and trainer.num_sanity_val_steps == 2
+    assert len(trainer.loggers) == 1 and trainer.checkpoint_callback is not None
+    assert trainer.progress_bar_callback is not None
+    assert any(isinstance(cb, ModelSummary) for cb in trainer.callbacks)
+
+
+# ---------------------------------------------------------------- PL_TRAINER_* / SURGE_TRAINER_*
+def test_environment_gives_defaults_parsed_as_literals(tmp_path, monkeypatch):
+    monkeypatch.setenv("PL_TRAINER_MAX_EPOCHS", "3")
+    monkeypatch.setenv("PL_TRAINER_LOGGER", "False")
+    monkeypatch.setenv("PL_TRAINER_ACCELERATOR", "cpu")  # not a literal: stays a string
+    monkeypatch.setenv("PL_TRAINER_LIMIT_VAL_BATCHES", "0.5")
+    monkeypatch.setenv("PL_TRAINER_CHECK_VAL_EVERY_N_EPOCH", "None")
+    monkeypatch.setenv("PL_TRAINER_VAL_CHECK_INTERVAL", "4")
+    trainer = surge.Trainer(default_root_dir=tmp_path)
+    assert trainer.max_epochs == 3 and trainer.loggers == []
+    assert trainer.limit_val_batches == 0.5 and isinstance(trainer.limit_val_batches, float)
+    assert trainer.check_val_every_n_epoch is None and trainer.val_check_interval == 4
+    assert trainer.strategy.root_device.type == "cpu"
+
+
+def test_environment_default_is_used_by_fit(tmp_path, monkeypatch):
+    monkeypatch.setenv("PL_TRAINER_MAX_EPOCHS", "2")
+    monkeypatch.setenv("PL_TRAINER_LIMIT_TRAIN_BATCHES", "3")
+    model = Counting()
+    trainer = quiet(default_root_dir=tmp_path, limit_val_batches=0)
+    trainer.fit(model)
+    assert trainer.current_epoch == 2 and model.trained == 6
+
+
+def test_explicit_arguments_win_over_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("PL_TRAINER_LOGGER", "True")
+    monkeypatch.setenv("PL_TRAINER_MAX_STEPS", "7")
+    trainer = quiet(default_root_dir=tmp_path, max_steps=42)
+    assert trainer.loggers == [] and trainer.max_steps == 42
+
+
+def test_surge_spelling_wins_over_lightning_spelling(tmp_path, monkeypatch, surge_logs):
+    monkeypatch.setenv("PL_TRAINER_MAX_STEPS", "7")
+    monkeypatch.setenv("SURGE_TRAINER_MAX_STEPS", "9")
+    assert quiet(default_root_dir=tmp_path).max_steps == 9
+    assert "max_steps=9 (SURGE_TRAINER_MAX_STEPS)" in surge_logs()  # where a default came from is on record
+
+
+def test_environment_defaults_apply_through_surge_lightning(tmp_path, monkeypatch):
+    monkeypatch.setenv("PL_TRAINER_MAX_EPOCHS", "5")
+    assert pl.Trainer(default_root_dir=tmp_path, logger=False).max_epochs == 5
+
+
+def test_unknown_environment_names(tmp_path, monkeypatch):
+    monkeypatch.setenv("PL_TRAINER_NOT_AN_ARGUMENT", "1")  # Lightning's spelling: ignored, as Lightning does
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet(default_root_dir=tmp_path)
+    monkeypatch.setenv("SURGE_TRAINER_MAX_EPOCH", "3")  # surge's own spelling: a typo is reported
+    with pytest.warns(UserWarning, match=r"SURGE_TRAINER_MAX_EPOCH name no Trainer argument"):
+        assert quiet(default_root_dir=tmp_path).max_epochs is None
+
+
+def test_a_bad_environment_value_names_the_argument(tmp_path, monkeypatch):
+    monkeypatch.setenv("PL_TRAINER_MAX_EPOCHS", "many")
+    with pytest.raises(MisconfigurationError, match=r"max_epochs must be an int >= -1 or None, got 'many'"):
+        surge.Trainer(default_root_dir=tmp_path)
+
+
+# ---------------------------------------------------------------- 1 versus 1.0
+@pytest.mark.parametrize("name", ["limit_train_batches", "limit_val_batches", "limit_test_batches",
+                                  "limit_predict_batches", "overfit_batches"])
+def test_one_and_one_point_zero_say_which_they_mean(tmp_path, surge_logs, name):
+    quiet(default_root_dir=tmp_path, **{name: 1})
+    assert f"`Trainer({name}=1)` was configured so 1 batch" in surge_logs()
+    quiet(default_root_dir=tmp_path, **{name: 1.0})
+    assert f"`Trainer({name}=1.0)` was configured so 100% of the batches" in surge_logs()
+
+
+def test_no_note_by_default(tmp_path, surge_logs):
+    trainer = quiet(default_root_dir=tmp_path)
+    assert "was configured so" not in surge_logs()
+    assert trainer.limit_train_batches == 1.0 and trainer.val_check_interval == 1.0
+
+
+@pytest.mark.parametrize("value, phrase", [(1, "after every training batch"), (1.0, "at the end of every training epoch")])
+def test_val_check_interval_one_and_one_point_zero(tmp_path, surge_logs, value, phrase):
+    quiet(default_root_dir=tmp_path, val_check_interval=value)
+    assert f"`Trainer(val_check_interval={value!r})` was configured so validation will run {phrase}" in surge_logs()
+
+
+def test_one_is_one_batch_and_one_point_zero_is_all(tmp_path):
+    for value, batches in ((1, 1), (1.0, 8), (3.0, 3)):  # 64 samples / 8 = 8 batches; a whole float counts
+        model = Counting()
+        trainer = quiet(default_root_dir=tmp_path, max_epochs=1, limit_train_batches=value, limit_val_batches=0)
+        trainer.fit(model)
+        assert model.trained == batches and trainer.num_training_batches == batches
+
+
+# ---------------------------------------------------------------- val_check_interval
+def test_a_fraction_of_an_epoch_needs_epochs(tmp_path):
+    with pytest.raises(MisconfigurationError, match=r"`val_check_interval` should be an integer .* when "
+                                                    r"`check_val_every_n_epoch=None`"):
+        quiet(default_root_dir=tmp_path, val_check_interval=0.5, check_val_every_n_epoch=None)
+
+
+def test_an_interval_longer_than_the_epoch_is_an_error(tmp_path):
+    trainer = quiet(default_root_dir=tmp_path, limit_train_batches=4, val_check_interval=10)
+    with pytest.raises(MisconfigurationError, match=r"`val_check_interval` \(10\) must be less than or equal to "
+                                                    r"the number of the training batches \(4\)"):
+        trainer.fit(Counting())
+
+
+def test_an_interval_longer_than_the_epoch_counts_across_epochs(tmp_path):
+    model = Counting()
+    trainer = quiet(default_root_dir=tmp_path, max_epochs=3, limit_train_batches=4, limit_val_batches=1,
+                    val_check_interval=6, check_val_every_n_epoch=None, num_sanity_val_steps=0)
+    trainer.fit(model)
+    assert model.validated == 2  # after training batches 6 and 12
+
+
+def test_a_duration_is_refused_clearly(tmp_path):
+    with pytest.raises(MisconfigurationError, match=r"val_check_interval='00:00:10:00' is a duration"):
+        quiet(default_root_dir=tmp_path, val_check_interval="00:00:10:00")
+
+
+# ---------------------------------------------------------------- max_epochs not given
+def test_max_epochs_stays_unset_until_fit(tmp_path):
+    trainer = quiet(default_root_dir=tmp_path, limit_train_batches=1, limit_val_batches=0)
+    assert trainer.max_epochs is None and trainer.max_steps == -1
+
+    class StopsAtOnce(Counting):
+        def training_step(self, batch, batch_idx):
+            self.trainer.should_stop = True
+            return super().training_step(batch, batch_idx)
+
+    with pytest.warns(UserWarning, match=r"`max_epochs` was not set. Setting it to 1000 epochs"):
+        trainer.fit(StopsAtOnce())
+    assert trainer.max_epochs == 1000 and trainer.current_epoch == 1
+
+
+def test_max_steps_alone_bounds_fit_without_a_warning(tmp_path):
+    trainer = quiet(default_root_dir=tmp_path, max_steps=3, limit_val_batches=0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*max_epochs")
+        trainer.fit(Counting())
+    assert trainer.max_epochs == -1 and trainer.global_step == 3
+
+
+# ---------------------------------------------------------------- validation data and validation_step
+def test_val_data_without_validation_step_warns_and_skips(tmp_path):
+    model = Counting()
+    model.validation_step = None
+    trainer = quiet(default_root_dir=tmp_path, max_epochs=1, limit_train_batches=2)
+    with pytest.warns(UserWarning, match=r"You passed in a `val_dataloader` but have no `validation_step`. "
+                                         r"Skipping val loop"):
+        trainer.fit(model)
+    assert trainer.val_dataloaders is None and trainer.num_val_batches == []
+
+
+def test_validation_step_without_val_data_warns(tmp_path):
+    model = Counting()
+    model.val_dataloader = None
+    trainer = quiet(default_root_dir=tmp_path, max_epochs=1, limit_train_batches=2)
+    with pytest.warns(UserWarning, match=r"You defined a `validation_step` but have no `val_dataloader`"):
+        trainer.fit(model)
+    assert model.validated == 0
+
+
+def test_matching_val_data_and_step_are_silent(tmp_path):
+    model = Counting()
+    trainer = quiet(default_root_dir=tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*Skipping val loop")
+        trainer.fit(model)
+    assert model.validated == 1
+
+
+# ---------------------------------------------------------------- fast_dev_run
+@pytest.mark.parametrize("value, stored, n", [(True, True, 1), (1, True, 1), (4, 4, 4), (False, False, 0), (0, 0, 0)])
+def test_fast_dev_run_values(tmp_path, value, stored, n):
+    trainer = quiet(default_root_dir=tmp_path, fast_dev_run=value, max_epochs=7)
+    assert trainer.fast_dev_run == stored and type(trainer.fast_dev_run) is type(stored)
+    if n:
+        assert (trainer.max_steps, trainer.max_epochs, trainer.num_sanity_val_steps) == (n, 1, 0)
+        assert trainer.limit_test_batches == n
+
+
+def test_fast_dev_run_keeps_the_users_callbacks_and_saves_nothing(tmp_path):
+    checkpoint = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), monitor="val_loss")
+    stopping = EarlyStopping(monitor="val_loss")
+    model = Counting()
+    trainer = surge.Trainer(default_root_dir=tmp_path, fast_dev_run=2, callbacks=[checkpoint, stopping],
+                            enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    assert trainer.checkpoint_callback is checkpoint and trainer.early_stopping_callback is stopping
+    assert type(trainer.logger).__name__ == "DummyLogger" and trainer.logger.name == trainer.logger.version == ""
+    model.on_train_start = lambda: model.logger.experiment.add_image("x", torch.zeros(3, 2, 2))  # a no-op
+    trainer.fit(model)
+    assert model.trained == 2 and model.validated == 2
+    assert not os.path.exists(tmp_path / "ckpt") and list(tmp_path.iterdir()) == []
+    assert quiet(default_root_dir=tmp_path, fast_dev_run=True).loggers == []  # logger=False stays without one
+
+
+def test_fast_dev_run_with_overfit_batches(tmp_path):
+    trainer = quiet(default_root_dir=tmp_path, fast_dev_run=2, overfit_batches=3)
+    # overfit_batches decides the train and val batches, fast_dev_run the others
+    assert (trainer.limit_train_batches, trainer.limit_val_batches) == (3, 3)
+    assert (trainer.limit_test_batches, trainer.limit_predict_batches) == (2, 2)
+
+
+# ---------------------------------------------------------------- accumulate_grad_batches
+def test_accumulate_grad_batches_takes_an_int(tmp_path):
+    assert quiet(default_root_dir=tmp_path, accumulate_grad_batches=4).accumulate_grad_batches == 4
+    with pytest.raises(MisconfigurationError, match=r"accumulate_grad_batches=\{0: 2, 4: 8\}: a schedule"):
+        quiet(default_root_dir=tmp_path, accumulate_grad_batches={0: 2, 4: 8})
+    with pytest.raises(MisconfigurationError, match=r"accumulate_grad_batches must be an int >= 1, got 2.0"):
+        quiet(default_root_dir=tmp_path, accumulate_grad_batches=2.0)
+
+
+def test_a_callback_can_change_accumulation_by_epoch(tmp_path):
+    class Schedule(surge.Callback):  # what a {0: 1, 1: 2} schedule did in Lightning 1.x
+        def on_train_epoch_start(self, trainer, module):
+            trainer.accumulate_grad_batches = {0: 1, 1: 2}[trainer.current_epoch]
+
+    trainer = quiet(default_root_dir=tmp_path, max_epochs=2, limit_val_batches=0, callbacks=[Schedule()])
+    trainer.fit(Counting())  # 8 batches an epoch: 8 steps, then 4
+    assert trainer.global_step == 12
+
+
+def test_accumulation_under_manual_optimisation_is_refused(tmp_path):
+    class Manual(ToyModel):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            opt.zero_grad()
+            self.manual_backward(self.loss(batch))
+            opt.step()
+
+    trainer = quiet(default_root_dir=tmp_path, accumulate_grad_batches=2, max_epochs=1)
+    with pytest.raises(MisconfigurationError, match=r"Automatic gradient accumulation is not supported for manual "
+                                                    r"optimization: remove `Trainer\(accumulate_grad_batches=2\)`"):
+        trainer.fit(Manual())
+
+
+# ---------------------------------------------------------------- limits in evaluation
+def test_limits_in_validate_test_and_predict(tmp_path):
+    model = Counting()
+    trainer = quiet(default_root_dir=tmp_path, limit_val_batches=0.5, limit_test_batches=3, limit_predict_batches=1)
+    trainer.validate(model, verbose=False)
+    assert trainer.num_val_batches == [2] and model.validated == 2  # 32 samples / 8 = 4 batches; half
+    trainer.test(model, verbose=False)
+    assert trainer.num_test_batches == [3]
+    assert len(trainer.predict(model)) == 1
+
+
+def test_inference_mode_switch(tmp_path):
+    seen = []
+
+    class Records(ToyModel):
+        def on_validation_start(self):
+            seen.append((torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
+
+    for mode in (True, False):
+        quiet(default_root_dir=tmp_path, inference_mode=mode, limit_val_batches=1).validate(Records(), verbose=False)
+    assert seen == [(False, True), (False, False)]
+
+
+def test_min_steps_keep_fit_going_past_an_early_stop(tmp_path):
+    class StopsAtOnce(Counting):
+        def training_step(self, batch, batch_idx):
+            self.trainer.should_stop = True
+            return super().training_step(batch, batch_idx)
+
+    model = StopsAtOnce()
+    trainer = quiet(default_root_dir=tmp_path, min_steps=5, max_epochs=10, limit_val_batches=0)
+    trainer.fit(model)
+    assert trainer.global_step == 5 and model.trained == 5
+
+
+def test_train_loader_of_known_length_with_overfit_fraction(tmp_path):
+    model = Counting()
+    model.validation_step = None
+    model.val_dataloader = None
+    trainer = quiet(default_root_dir=tmp_path, max_epochs=1, overfit_batches=0.25)
+    trainer.fit(model, DataLoader(ToyDataset(32, 64), batch_size=8, shuffle=True))
+    assert trainer.num_training_batches == 2 and model.trained == 2
