@@ -168,11 +168,9 @@ class Module(HyperparametersMixin, nn.Module):
                               f"`self.trainer` reference is not registered: no Trainer is running this module)")
                 object.__setattr__(self, "_warned_no_trainer", True)
             return
-        if getattr(trainer, "barebones", False):
-            if not getattr(self, "_warned_barebones", False):
-                warnings.warn(f"self.log({name!r}) does nothing under `Trainer(barebones=True)`: barebones mode "
-                              f"measures the Trainer's own speed, so logging is disabled (the value is dropped)")
-                object.__setattr__(self, "_warned_barebones", True)
+        if getattr(trainer, "barebones", False):  # warned at every call: Python's filter shows it once per line
+            warnings.warn(f"self.log({name!r}) does nothing: `Trainer(barebones=True)` is configured, which measures "
+                          f"the Trainer's own speed, so logging is disabled (the value is dropped)", stacklevel=2)
             return
         if metric_attribute is None and not isinstance(value, (torch.Tensor, numbers.Number)):
             metric_attribute = self._metric_attribute(name, value)

@@ -378,6 +378,13 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
         return next((cb for cb in self.callbacks if isinstance(cb, EarlyStopping)), None)
 
     @property
+    def early_stopping_callbacks(self) -> list:
+        """Every EarlyStopping callback, in order."""
+        from .callbacks import EarlyStopping
+
+        return [cb for cb in self.callbacks if isinstance(cb, EarlyStopping)]
+
+    @property
     def progress_bar_callback(self):
         from .callbacks import ProgressBar
 

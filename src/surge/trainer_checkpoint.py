@@ -178,8 +178,10 @@ class CheckpointHandling:
             cb._resolve_dirpath(self)
         callback_states = ckpt.get("callbacks", {})
         for cb in self.callbacks:
-            if cb.state_key in callback_states:
-                cb.load_state_dict(callback_states[cb.state_key])
+            # the key it is saved under now, else the one surge 0.x used
+            key = next((k for k in (cb.state_key, *cb._legacy_state_keys) if k in callback_states), None)
+            if key is not None:
+                cb.load_state_dict(callback_states[key])
         if self.datamodule is not None and "datamodule" in ckpt:
             self.datamodule.load_state_dict(ckpt["datamodule"])
         self._restore_rank_state(ckpt, path)

@@ -23,6 +23,7 @@ import os
 from collections.abc import Iterable
 
 import torch
+from torch.utils.data import SequentialSampler
 
 from . import trainer_args as targs
 from .combined_loader import CombinedLoader
@@ -226,11 +227,18 @@ class DataHandling:
         """Check each loader in ``combined`` and put this process's version of it in (a distributed sampler;
         an unshuffled one for ``overfit_batches``)."""
         loaders = []
+        overfit = self.overfit_batches > 0 and (kind == "train" or (kind == "val" and self.state.fn == "fit"))
+        if overfit and not all(isinstance(getattr(ld, "sampler", SequentialSampler([])), SequentialSampler)
+                               for ld in combined.flattened):
+            rank_zero_warn(f"You requested to overfit but enabled {kind} dataloader shuffling. We are turning off the "
+                           f"{kind} dataloader shuffling for you (overfit_batches reads the same first batches every "
+                           f"epoch).")
         for loader in combined.flattened:
             if not isinstance(loader, Iterable):
                 raise MisconfigurationError(f"{source} gave a {type(loader).__name__}, which is not iterable; "
                                             f"expected a DataLoader")
-            if kind == "train" and self.overfit_batches > 0 and isinstance(loader, torch.utils.data.DataLoader):
+            if overfit and isinstance(loader, torch.utils.data.DataLoader) and \
+                    not isinstance(loader.sampler, SequentialSampler):
                 loader = rebuild_dataloader(loader, shuffle=False)
             loader = self.strategy.process_dataloader(loader, kind)
             self._check_workers(loader, f"{kind}_dataloader")

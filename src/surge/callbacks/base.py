@@ -24,6 +24,17 @@ class Callback:
         """Key of this callback's state in a checkpoint; unique per class and configuration."""
         return type(self).__qualname__
 
+    @property
+    def _legacy_state_keys(self) -> tuple:
+        """Keys earlier surge versions saved this callback's state under (read when ``state_key`` is absent)."""
+        return ()
+
+    def _generate_state_key(self, **kwargs) -> str:
+        """A ``state_key`` for a callback whose configuration tells its instances apart: the class name and the
+        given settings, as Lightning writes it (``EarlyStopping{'monitor': 'val_loss', 'mode': 'min'}``), so
+        checkpoints name a callback the same way on both."""
+        return f"{type(self).__qualname__}{kwargs!r}"
+
     def state_dict(self) -> dict:
         return {}
 

@@ -71,8 +71,28 @@ class ModelCheckpoint(Callback):
 
     @property
     def state_key(self) -> str:
-        return f"ModelCheckpoint{{monitor={self.monitor!r}, mode={self.mode!r}, every_n_train_steps={self.every_n_train_steps}, " \
-               f"every_n_epochs={self.every_n_epochs}}}"
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode, every_n_train_steps=self.every_n_train_steps,
+                                        every_n_epochs=self.every_n_epochs, train_time_interval=None)
+
+    @property
+    def _legacy_state_keys(self) -> tuple:
+        return (f"ModelCheckpoint{{monitor={self.monitor!r}, mode={self.mode!r}, every_n_train_steps="
+                f"{self.every_n_train_steps}, every_n_epochs={self.every_n_epochs}}}",)
+
+    @property
+    def kth_best_model_path(self) -> str:
+        """The path of the worst checkpoint kept among the top k ("" before the first): the one the next
+        better checkpoint replaces."""
+        if not self.best_k_models:
+            return ""
+        pick = min if self.mode == "max" or self.monitor is None else max  # (no monitor: ranked by step)
+        return pick(self.best_k_models, key=self.best_k_models.get)
+
+    @property
+    def kth_value(self):
+        """The score of :attr:`kth_best_model_path` (a tensor; None before the first checkpoint)."""
+        path = self.kth_best_model_path
+        return torch.tensor(self.best_k_models[path]) if path else None
 
     # ------------------------------------------------------------------ when to save
     def setup(self, trainer, module, stage: str) -> None:

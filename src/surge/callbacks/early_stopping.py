@@ -48,7 +48,7 @@ class EarlyStopping(Callback):
                  stopping_threshold: Optional[float] = None, divergence_threshold: Optional[float] = None,
                  check_on_train_epoch_end: Optional[bool] = None):
         if mode not in ("min", "max"):
-            raise MisconfigurationError(f"EarlyStopping(mode={mode!r}): choose 'min' or 'max'")
+            raise MisconfigurationError(f"EarlyStopping(mode={mode!r}): `mode` can be 'min' or 'max', got {mode}")
         if not isinstance(patience, int) or patience < 0:
             raise MisconfigurationError(f"EarlyStopping(patience={patience!r}) must be an int >= 0")
         self.monitor, self.mode, self.patience, self.verbose = monitor, mode, patience, verbose
@@ -64,7 +64,11 @@ class EarlyStopping(Callback):
 
     @property
     def state_key(self) -> str:
-        return f"EarlyStopping{{monitor={self.monitor!r}, mode={self.mode!r}}}"
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode)
+
+    @property
+    def _legacy_state_keys(self) -> tuple:
+        return (f"EarlyStopping{{monitor={self.monitor!r}, mode={self.mode!r}}}",)
 
     def on_train_epoch_end(self, trainer, module) -> None:
         if self._on_train_epoch_end(trainer) and not self._skip(trainer):

@@ -8,7 +8,48 @@ from .base import Callback
 
 
 class ProgressBar(Callback):
-    """Base class for progress bars (the Trainer keeps at most one)."""
+    """Base class for progress bars (the Trainer keeps at most one).
+
+    ``total_train_batches``, ``total_val_batches``, ``total_test_batches`` and ``total_predict_batches`` are
+    the batches the current (or next) epoch of each stage runs, as a bar would show them (``inf``: a loader
+    without a length); ``total_val_batches`` is 0 in a fit epoch that does not validate.
+    """
+
+    _trainer = None
+
+    def setup(self, trainer, module, stage: str) -> None:
+        self._trainer = trainer
+
+    @property
+    def trainer(self):
+        if self._trainer is None:
+            raise AttributeError(f"{type(self).__name__} is not attached to a Trainer yet (it is, from setup on)")
+        return self._trainer
+
+    @property
+    def total_train_batches(self):
+        trainer = self.trainer
+        if trainer.max_epochs == -1 and trainer.max_steps > 0:  # the steps left may end the epoch early
+            return min(trainer.num_training_batches, trainer.max_steps - trainer.global_step)
+        return trainer.num_training_batches
+
+    @property
+    def total_val_batches(self):
+        trainer = self.trainer
+        if trainer.sanity_checking:
+            return sum(trainer.num_sanity_val_batches)
+        if trainer.state.fn == "fit" and not (trainer._validates_in_fit
+                                              and trainer._validates_on_epoch(trainer.current_epoch)):
+            return 0
+        return sum(trainer.num_val_batches)
+
+    @property
+    def total_test_batches(self):
+        return sum(self.trainer.num_test_batches)
+
+    @property
+    def total_predict_batches(self):
+        return sum(self.trainer.num_predict_batches)
 
     def get_metrics(self, trainer) -> dict[str, str]:
         """What the bar shows: the metrics logged with ``prog_bar=True``, as short strings."""

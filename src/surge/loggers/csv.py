@@ -66,8 +66,11 @@ class CSVExperimentWriter:
         if self._disk_keys is not None:
             self._drop_from = int(step) + 1
 
-    def log_metrics(self, metrics: Mapping[str, int | float], step: int) -> None:
-        """Buffer one row; ``metrics`` values must already be Python numbers."""
+    def log_metrics(self, metrics: Mapping[str, int | float], step: int | None = None) -> None:
+        """Buffer one row; ``metrics`` values must already be Python numbers. Without a step, the row's step is
+        the number of rows buffered before it."""
+        if step is None:
+            step = len(self._pending)
         if not self._started:
             self._started = True
             self._adopt_existing(int(step) if self._resumed_at is None else self._resumed_at + 1)
