@@ -162,15 +162,15 @@ class Module(HyperparametersMixin, nn.Module):
             self.log("val_acc", acc, prog_bar=True)
         """
         trainer = self._trainer
+        if getattr(trainer, "barebones", False):  # warned at every call: Python's filter shows it once per line
+            warnings.warn(f"self.log({name!r}) does nothing: `Trainer(barebones=True)` is configured, which measures "
+                          f"the Trainer's own speed, so logging is disabled (the value is dropped)", stacklevel=2)
+            return
         if trainer is None or trainer._results is None:
             if not self._warned_no_trainer:
                 warnings.warn(f"self.log({name!r}) was called outside a Trainer run; the value is dropped (the "
                               f"`self.trainer` reference is not registered: no Trainer is running this module)")
                 object.__setattr__(self, "_warned_no_trainer", True)
-            return
-        if getattr(trainer, "barebones", False):  # warned at every call: Python's filter shows it once per line
-            warnings.warn(f"self.log({name!r}) does nothing: `Trainer(barebones=True)` is configured, which measures "
-                          f"the Trainer's own speed, so logging is disabled (the value is dropped)", stacklevel=2)
             return
         if metric_attribute is None and not isinstance(value, (torch.Tensor, numbers.Number)):
             metric_attribute = self._metric_attribute(name, value)

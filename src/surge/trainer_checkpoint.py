@@ -185,6 +185,11 @@ class CheckpointHandling:
         if self.datamodule is not None and "datamodule" in ckpt:
             self.datamodule.load_state_dict(ckpt["datamodule"])
         self._restore_rank_state(ckpt, path)
+        if self.max_epochs not in (None, -1) and self.state.epoch > self.max_epochs:
+            raise MisconfigurationError(
+                f"You restored a checkpoint with current_epoch={self.state.epoch}, but you have set "
+                f"Trainer(max_epochs={self.max_epochs}): {path} is past the end of this fit. Raise max_epochs to "
+                f"train on, or use it with validate/test/predict")
         self._say_loaded(path, ckpt, "fit")
 
     def _restore_rank_state(self, ckpt: dict, path: str) -> None:

@@ -154,9 +154,63 @@ def test_lr_monitor_epoch_interval_follows_scheduler(tmp_path):
     rows = [r for r in read_csv(logger) if r.get("lr-SGD")]
     assert [float(r["lr-SGD"]) for r in rows] == pytest.approx([0.1, 0.05, 0.025])
     assert [int(float(r["epoch"])) for r in rows] == [0, 1, 2]
-    assert [float(r["momentum-SGD"]) for r in rows] == pytest.approx([0.9] * 3)
+    assert [float(r["lr-SGD-momentum"]) for r in rows] == pytest.approx([0.9] * 3)
 
 
 def test_lr_monitor_bad_interval():
     with pytest.raises(surge.utils.MisconfigurationError):
         LearningRateMonitor(logging_interval="batch")
+
+
+class TwoGroups(Net):
+    def configure_optimizers(self):
+        first, second = list(self.parameters())[:1], list(self.parameters())[1:]
+        adam = torch.optim.Adam([{"params": first, "name": "enc"}, {"params": second}], lr=0.01, weight_decay=0.1)
+        sgd = torch.optim.SGD(self.parameters(), lr=0.2)
+        return [adam, sgd], [{"scheduler": torch.optim.lr_scheduler.StepLR(adam, 1), "name": "adam_lr"}]
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step(batch, batch_idx) if self.automatic_optimization else None
+
+
+def test_lr_monitor_names_groups_momentum_and_weight_decay_as_lightning(tmp_path):
+    logger = CSVLogger(tmp_path)
+    monitor = LearningRateMonitor(log_momentum=True, log_weight_decay=True)
+    model = TwoGroups()
+    model.automatic_optimization = False  # two optimizers, stepped by nobody: only the names matter here
+    t = trainer(tmp_path, max_epochs=2, logger=logger, log_every_n_steps=2, enable_progress_bar=False,
+                callbacks=[monitor])
+    t.fit(model, data())
+    assert sorted(monitor.lrs) == ["adam_lr/enc", "adam_lr/pg2", "lr-SGD"]
+    assert monitor.lrs["adam_lr/enc"] == [0.01, 0.01]  # the scheduler's interval (epoch): once per epoch
+    assert len(monitor.lrs["lr-SGD"]) == 2 + 4  # no scheduler: each epoch start and every 2nd of 4+4 batches
+    assert monitor.last_momentum_values == {"adam_lr/enc-momentum": 0.9, "adam_lr/pg2-momentum": 0.9,
+                                            "lr-SGD-momentum": 0}
+    assert monitor.last_weight_decay_values["adam_lr/enc-weight_decay"] == 0.1
+    assert float(t.callback_metrics["lr-SGD"]) == pytest.approx(0.2)  # EarlyStopping could monitor it
+    header = read_csv(logger)[0].keys()
+    assert {"adam_lr/enc", "adam_lr/pg2-momentum", "lr-SGD-weight_decay"} <= set(header)
+
+
+def test_lr_monitor_needs_a_logger_and_warns_about_missing_momentum(tmp_path):
+    with pytest.raises(surge.utils.MisconfigurationError, match="Trainer` that has no logger"):
+        trainer(tmp_path, logger=False, enable_progress_bar=False, callbacks=[LearningRateMonitor()]).fit(Net(), data())
+
+    class Plain(Net):
+        def configure_optimizers(self):
+            return torch.optim.Adagrad(self.parameters(), lr=0.1)
+
+    with pytest.warns(RuntimeWarning, match="some optimizers do not have momentum"):
+        trainer(tmp_path, logger=CSVLogger(tmp_path), max_epochs=1, enable_progress_bar=False,
+                callbacks=[LearningRateMonitor(log_momentum=True)]).fit(Plain(), data())
+
+
+def test_lr_monitor_refuses_duplicate_group_names(tmp_path):
+    class Twice(Net):
+        def configure_optimizers(self):
+            ps = list(self.parameters())
+            return torch.optim.SGD([{"params": ps[:1], "name": "x"}, {"params": ps[1:], "name": "x"}], lr=0.1)
+
+    with pytest.raises(surge.utils.MisconfigurationError, match="identical `name` values"):
+        trainer(tmp_path, logger=CSVLogger(tmp_path), enable_progress_bar=False,
+                callbacks=[LearningRateMonitor()]).fit(Twice(), data())

@@ -131,3 +131,15 @@ def test_csv_rows_without_a_step_and_hparams_read_back(tmp_path):
     assert loaded["lr"] == 0.1 and loaded["layers"] == [1, 2] and "ReLU" in loaded["act"]
     with pytest.warns(UserWarning, match="does not exist"):
         assert load_hparams_from_yaml(tmp_path / "none.yaml") == {}
+
+
+def test_resuming_a_checkpoint_past_max_epochs_is_an_error(tmp_path):
+    mc = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
+    quiet(tmp_path, max_epochs=3, limit_train_batches=1, limit_val_batches=0, callbacks=[mc]).fit(BoringModel())
+    with pytest.raises(surge.utils.MisconfigurationError,
+                       match=r"You restored a checkpoint with current_epoch=3, but you have set Trainer\(max_epochs=2\)"):
+        quiet(tmp_path, max_epochs=2, enable_checkpointing=False).fit(BoringModel(), ckpt_path=mc.last_model_path)
+    # at its end exactly: fit has nothing left to do, and says nothing wrong
+    trainer = quiet(tmp_path, max_epochs=3, enable_checkpointing=False)
+    trainer.fit(BoringModel(), ckpt_path=mc.last_model_path)
+    assert trainer.current_epoch == 3

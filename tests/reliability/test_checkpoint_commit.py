@@ -462,7 +462,7 @@ def test_random_kills_of_a_sharded_run_never_lose_a_checkpoint(driver):
     previous restart reached; nothing is left beside them at the end."""
     _job(driver, "fsdp_kill_loop")
     loop = driver["loop"]
-    assert loop["status"] == [0]
+    assert loop["status"] == [0], f"the last restart failed: {loop}\n--- driver stderr:\n{driver['_stderr'][-6000:]}"
     starts = loop["starts"]
     assert len(starts) == 6 and loop["killed"] == [-9] * 5, f"not every restart reached training: {loop}"
     assert not [s for s in starts if "unloadable" in s], starts
