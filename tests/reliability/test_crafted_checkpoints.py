@@ -86,7 +86,11 @@ def real_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("fsdp_written")
     (root / "write.py").write_text(WRITE_FOLDER)
     done = _run([sys.executable, str(root / "write.py"), str(root), str(root / "sgd.ckpt")], cwd=root)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # This fixture only makes the input. The abort that torch 2.13's gloo sometimes gives at interpreter exit
+    # (docs/distributed.md) comes after the checkpoint is committed, so it is tolerated here and nowhere else.
+    exit_abort = done.returncode == -6 and done.stderr.strip() == "terminate called without an active exception"
+    assert done.returncode == 0 or exit_abort, done.stderr[-3000:]
+    assert (root / "sgd.ckpt" / ".metadata").is_file() or (root / "sgd.ckpt").is_file(), os.listdir(root)
     return root / "sgd.ckpt"
 
 
