@@ -216,7 +216,10 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
             self.val_check_interval, self.check_val_every_n_epoch = 1.0, 1
             # The loggers become one DummyLogger (none stays none): code that writes to self.logger still runs.
             # ModelCheckpoint and EarlyStopping stay, and do nothing (they read fast_dev_run).
-            logger = "dummy" if logger is not False else False
+            if logger is not False:
+                from .loggers import DummyLogger
+
+                logger = [DummyLogger()]
             targs.info(f"surge: fast_dev_run={fast_dev_run!r}: every stage runs {n} batch(es), once; nothing is "
                        f"logged or checkpointed")
 

@@ -349,12 +349,9 @@ def check_accumulate_grad_batches(value) -> int:
 
 # ---------------------------------------------------------------- loggers and callbacks
 def build_loggers(logger, default_root_dir: str) -> list:
-    """``logger=`` as a list: True/None the default (TensorBoard if installed, else CSV), False none
-    ("dummy": one DummyLogger, what fast_dev_run puts in place of any logger)."""
-    from .loggers import CSVLogger, DummyLogger, Logger, TensorBoardLogger
+    """``logger=`` as a list: True/None the default (TensorBoard if installed, else CSV), False none."""
+    from .loggers import CSVLogger, Logger, TensorBoardLogger
 
-    if isinstance(logger, str) and logger == "dummy":
-        return [DummyLogger()]
     if logger is True or logger is None:
         try:
             import tensorboard  # noqa: F401  (only checks it is installed)
