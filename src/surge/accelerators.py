@@ -39,9 +39,9 @@ def available_count(accelerator: str) -> int:
         return torch.cuda.device_count()
     if accelerator == "mps":
         return 1
-    import os
+    from .launch import usable_cores
 
-    return os.cpu_count() or 1
+    return usable_cores()
 
 
 def parse_devices(value: Union[int, str, list, tuple], accelerator: str) -> list[int]:
@@ -75,6 +75,14 @@ def parse_devices(value: Union[int, str, list, tuple], accelerator: str) -> list
     ids = list(value)
     if len(set(ids)) != len(ids) or min(ids) < 0:
         raise MisconfigurationError(f"devices={original!r} names a device twice or a negative index")
+    if accelerator == "cpu" and len(ids) > available_count("cpu"):
+        import warnings
+
+        from .warnings import PossibleUserWarning
+
+        warnings.warn(f"accelerator='cpu', devices={original!r} starts {len(ids)} processes on a machine with "
+                      f"{available_count('cpu')} CPU cores: they take turns on the cores and every step slows down; "
+                      f"devices={available_count('cpu')} or fewer is faster", PossibleUserWarning, stacklevel=3)
     if accelerator in ("cuda", "mps"):
         have = available_count(accelerator)
         if max(ids) >= have:

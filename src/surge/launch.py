@@ -16,6 +16,9 @@ watches its children; when one exits with an error it terminates the rest and ex
 itself within seconds. Children watch rank 0 the same way (if their parent disappears, they exit).
 Each child runs in its own session (process group), as under torchrun, and is ended with its whole
 group: its DataLoader workers go with it, and none is left holding the job's stdout and stderr.
+
+The local ranks share the machine's cores: each one gets ``cores // local ranks`` torch threads
+(:func:`share_threads`), unless the user chose a number (``OMP_NUM_THREADS``, ``torch.set_num_threads``).
 """
 from __future__ import annotations
 
@@ -155,6 +158,61 @@ def detect_environment(devices: int, num_nodes: int) -> ClusterEnvironment:
     return found
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _physical_cores() -> Optional[int]:
+    """Physical cores of the machine from /proc/cpuinfo (torch's default thread count), or None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return None
+    cores, physical = set(), "0"
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "physical id":
+            physical = value.strip()
+        elif key == "core id":
+            cores.add((physical, value.strip()))
+    return len(cores) or None
+
+
+def share_threads(local_processes: int) -> Optional[int]:
+    """How many torch threads each of ``local_processes`` ranks on this machine should use, or None to
+    leave the count alone: one process, ``OMP_NUM_THREADS`` set, or a count that is not torch's default
+    (the user called ``torch.set_num_threads``). Several full-size thread pools on the same cores slow
+    every rank down; torchrun makes the same choice (it sets one thread per rank)."""
+    if local_processes <= 1 or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    import torch
+
+    if torch.get_num_threads() not in {os.cpu_count(), _physical_cores(), usable_cores()}:
+        return None
+    return max(1, usable_cores() // local_processes)
+
+
+def _apply_thread_share(local_processes: int, env: dict, here: bool) -> None:
+    """Give the ranks started with ``env`` (and this process when it is one of them: ``here``) their share
+    of the cores, and say so once."""
+    threads = share_threads(local_processes)
+    if threads is None:
+        return
+    if here:
+        import torch
+
+        torch.set_num_threads(threads)
+    env["OMP_NUM_THREADS"] = str(threads)
+    print(f"surge: {local_processes} local processes on {usable_cores()} CPU cores: {threads} torch thread(s) each "
+          f"(set OMP_NUM_THREADS to choose another number)", flush=True)
+
+
 def find_free_port() -> int:
     """A TCP port on this machine that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -201,6 +259,7 @@ class LocalLauncher:
         base = {"MASTER_ADDR": self.cluster.main_address, "MASTER_PORT": str(port),
                 "WORLD_SIZE": str(self.cluster.world_size), "NODE_RANK": str(self.cluster.node_rank),
                 "SURGE_LAUNCHER_PID": str(os.getpid())}
+        _apply_thread_share(self.devices, base, here=True)
         # Rank 0 also carries the variables: code that reads RANK/WORLD_SIZE (ours and the user's) sees one truth.
         os.environ.update(base, RANK=str(self.cluster.global_rank), LOCAL_RANK="0")
         for local in range(1, self.devices):
@@ -376,6 +435,7 @@ def spawn(worker, payload: bytes, cluster: ClusterEnvironment, devices: int) -> 
         port = find_free_port()
     env = {"MASTER_ADDR": cluster.main_address, "MASTER_PORT": str(port), "WORLD_SIZE": str(cluster.world_size),
            "NODE_RANK": str(cluster.node_rank), "SURGE_LAUNCHER_PID": str(os.getpid())}
+    _apply_thread_share(devices, env, here=False)
     mp.start_processes(_spawned, args=(worker, payload, env, cluster.node_rank * devices), nprocs=devices,
                        start_method="spawn", join=True)
 
@@ -383,4 +443,8 @@ def spawn(worker, payload: bytes, cluster: ClusterEnvironment, devices: int) -> 
 def _spawned(local_rank: int, worker, payload: bytes, env: dict, first_rank: int) -> None:
     """The entry point of a spawned worker: its rank into the environment, then the worker."""
     os.environ.update(env, RANK=str(first_rank + local_rank), LOCAL_RANK=str(local_rank))
+    if "OMP_NUM_THREADS" in env:  # torch was imported before the variable was set: it reads it only then
+        import torch
+
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
     worker(payload)

@@ -149,9 +149,6 @@ def main(argv=None) -> dict:
 
     surge.seed_everything(args.seed, workers=True)
     accelerator, devices, strategy = _where_to_run(args.accelerator, args.devices, args.strategy)
-    # The cores are shared by the processes of this machine: oversubscribing them slows every one down.
-    processes = devices if accelerator == "cpu" and isinstance(devices, int) else 1
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
     data = DigitsDataModule(batch_size=args.batch_size)
     model = DigitsClassifier(lr=args.lr)
     checkpoint_args = dict(monitor="val_acc", mode="max", save_last=True)

@@ -1,0 +1,74 @@
+"""Local ranks share the machine's cores: each gets ``cores // local ranks`` torch threads unless the
+user chose a number, and asking for more CPU processes than cores is warned about."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import surge
+from surge import launch
+from surge.warnings import PossibleUserWarning
+
+SCRIPT = r'''
+import os, sys
+import torch
+import surge
+from surge.demos.toy import ToyModel
+
+class Record(surge.Callback):
+    def on_train_start(self, trainer, module):
+        with open(os.path.join(sys.argv[1], f"rank{trainer.global_rank}.txt"), "w") as f:
+            f.write(f"{torch.get_num_threads()} {os.environ.get('OMP_NUM_THREADS')}")
+
+if __name__ == "__main__":  # ddp_spawn's workers import this file
+    trainer = surge.Trainer(strategy=sys.argv[2], accelerator="cpu", devices=2, max_steps=2, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            callbacks=[Record()])
+    trainer.fit(ToyModel())
+'''
+
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR", "TORCHELASTIC_RUN_ID",
+               "SURGE_LAUNCHER_PID", "NODE_RANK", "GROUP_RANK", "SLURM_NTASKS", "OMP_NUM_THREADS")
+
+
+def run_two_ranks(tmp_path, strategy, **extra_env):
+    script = tmp_path / "threads.py"
+    script.write_text(SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.update(extra_env)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path), strategy], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout, [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+def test_each_local_rank_gets_its_share_of_the_cores(tmp_path, strategy):
+    out, ranks = run_two_ranks(tmp_path, strategy)
+    share = max(1, launch.usable_cores() // 2)
+    assert ranks == [[str(share), str(share)]] * 2
+    assert out.count("2 local processes on") == 1 and f"{share} torch thread(s) each" in out
+
+
+def test_share_threads_rules(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(launch, "usable_cores", lambda: 16)
+    monkeypatch.setattr(launch, "_physical_cores", lambda: 8)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)  # torch's default: the physical cores
+    assert launch.share_threads(4) == 4
+    assert launch.share_threads(32) == 1  # never zero
+    assert launch.share_threads(1) is None  # one process keeps every core
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # the user called torch.set_num_threads(3)
+    assert launch.share_threads(4) is None
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert launch.share_threads(4) is None
+
+
+def test_more_cpu_processes_than_cores_warns():
+    many = launch.usable_cores() + 1
+    with pytest.warns(PossibleUserWarning, match=rf"devices={many} starts {many} processes on a machine with"):
+        surge.Trainer(strategy="ddp", accelerator="cpu", devices=many, logger=False)
