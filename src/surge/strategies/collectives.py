@@ -20,7 +20,6 @@ were. Nothing here runs while collectives succeed: the cost is a try/except arou
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from datetime import timedelta
@@ -64,20 +63,32 @@ class NamedCollectives:
     def _op(self, default: str):
         """Guard one of the strategy's own collectives, named ``default`` unless a caller named it already."""
         if self._op_names and self._op_names[-1][1]:
-            return self._guard(self._op_names[-1][0], named=True)
-        return self._guard(default, named=False)
+            return _Guard(self, self._op_names[-1][0], True)
+        return _Guard(self, default, False)
 
-    @contextlib.contextmanager
     def _guard(self, what: str, named: bool):
-        self._op_names.append((what, named))
-        try:
-            yield
-        except Exception as err:
-            if not is_collective_failure(err):
-                raise
-            raise explain(err, what, self.global_rank, self.world_size, self.timeout) from err
-        finally:
-            self._op_names.pop()
+        return _Guard(self, what, named)
+
+
+class _Guard:
+    """The context of one named collective. A plain class, not ``contextlib.contextmanager``: the
+    training step and backward enter one every step, and a generator-based context costs several
+    times more than two method calls."""
+
+    __slots__ = ("strategy", "entry")
+
+    def __init__(self, strategy, what: str, named: bool) -> None:
+        self.strategy, self.entry = strategy, (what, named)
+
+    def __enter__(self) -> None:
+        self.strategy._op_names.append(self.entry)
+
+    def __exit__(self, kind, err, tb) -> bool:
+        strategy = self.strategy
+        strategy._op_names.pop()
+        if err is None or not isinstance(err, Exception) or not is_collective_failure(err):
+            return False
+        raise explain(err, self.entry[0], strategy.global_rank, strategy.world_size, strategy.timeout) from err
 
 
 def is_collective_failure(err: BaseException) -> bool:
