@@ -1,14 +1,18 @@
-"""ModelCheckpoint: save the run at epoch ends or every n steps, keep the best k and the last."""
+"""ModelCheckpoint: save the run at epoch ends, every n steps or every so much training time; keep the best
+k and the last."""
 from __future__ import annotations
 
 import math
 import os
 import re
-from typing import Optional
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal, Optional, Union
 
 import torch
 
-from ..utils import MisconfigurationError, rank_zero_warn
+from ..utils import MisconfigurationError, rank_zero_info, rank_zero_warn
 from .base import Callback
 
 
@@ -17,15 +21,25 @@ class ModelCheckpoint(Callback):
 
     Args:
         dirpath: folder for the files (default: ``<log_dir>/checkpoints``, or
-            ``<default_root_dir>/checkpoints`` without a logger).
+            ``<default_root_dir>/checkpoints`` without a logger). ``~`` is expanded and the path made absolute.
         filename: a template such as ``"{epoch}-{val_loss:.3f}"``; names in braces are ``epoch``,
             ``step`` and any logged metric (default ``"epoch={epoch}-step={step}"``).
-        monitor: the metric ranking checkpoints (``None``: the newest is the best).
-        mode: "min" or "max" for ``monitor``.
+        monitor: the metric ranking checkpoints (``None``: the newest is the best); ``"epoch"`` and
+            ``"step"`` work without being logged.
+        verbose: say what was saved.
+        save_last: also keep ``last.ckpt`` (:attr:`CHECKPOINT_NAME_LAST`, itself a template), always the
+            newest state; ``"link"``: a symbolic link to the top-k file of the same save where there is one.
+            ``None`` / ``False``: no last file.
         save_top_k: how many of the best to keep (``-1``: all, ``0``: none besides ``last``).
-        save_last: also keep ``last.ckpt``, always the newest state.
-        every_n_epochs / every_n_train_steps: when to save (default: every epoch end).
+        save_on_exception: when fit raises, save the state it stopped in (named by ``filename``).
         save_weights_only: store only the weights and hyperparameters.
+        mode: "min" or "max" for ``monitor``.
+        every_n_train_steps / train_time_interval / every_n_epochs: when to save (one of them; default:
+            every epoch end). ``train_time_interval`` (a ``datetime.timedelta``) is checked at batch ends.
+        save_on_train_epoch_end: save at the training epoch's end rather than after validation.
+        enable_version_counter: a name that exists already gets ``-v1``, ``-v2``... (:attr:`STARTING_VERSION`)
+            instead of being overwritten. A run resumed from a checkpoint in this folder continues its own
+            files and overwrites them.
 
     Example::
 
@@ -33,51 +47,89 @@ class ModelCheckpoint(Callback):
     """
 
     reads_epoch_metrics = True
+    CHECKPOINT_JOIN_CHAR = "-"
+    CHECKPOINT_EQUALS_CHAR = "="
     CHECKPOINT_NAME_LAST = "last"
     FILE_EXTENSION = ".ckpt"
+    STARTING_VERSION = 1
 
-    def __init__(self, dirpath: Optional[str] = None, filename: Optional[str] = None, monitor: Optional[str] = None,
-                 mode: str = "min", save_top_k: int = 1, save_last: Optional[bool] = None,
-                 every_n_epochs: Optional[int] = None, every_n_train_steps: Optional[int] = None,
-                 save_weights_only: bool = False, save_on_train_epoch_end: Optional[bool] = None,
-                 auto_insert_metric_name: bool = True, verbose: bool = False):
+    def __init__(self, dirpath: Optional[Union[str, Path]] = None, filename: Optional[str] = None,
+                 monitor: Optional[str] = None, verbose: bool = False,
+                 save_last: Optional[Union[bool, Literal["link"]]] = None, save_top_k: int = 1,
+                 save_on_exception: bool = False, save_weights_only: bool = False, mode: str = "min",
+                 auto_insert_metric_name: bool = True, every_n_train_steps: Optional[int] = None,
+                 train_time_interval: Optional[timedelta] = None, every_n_epochs: Optional[int] = None,
+                 save_on_train_epoch_end: Optional[bool] = None, enable_version_counter: bool = True):
         if mode not in ("min", "max"):
             raise MisconfigurationError(f"ModelCheckpoint(mode={mode!r}): choose 'min' or 'max'")
         if not isinstance(save_top_k, int) or save_top_k < -1:
             raise MisconfigurationError(f"ModelCheckpoint(save_top_k={save_top_k!r}) must be an int >= -1")
+        if save_last not in (None, True, False, "link"):
+            raise MisconfigurationError(f"ModelCheckpoint(save_last={save_last!r}): choose True, False, None or 'link'")
         for name, v in (("every_n_epochs", every_n_epochs), ("every_n_train_steps", every_n_train_steps)):
             if v is not None and (not isinstance(v, int) or v < 0):
                 raise MisconfigurationError(f"ModelCheckpoint({name}={v!r}) must be an int >= 0 or None")
-        if every_n_train_steps and every_n_epochs:
-            raise MisconfigurationError("ModelCheckpoint: give every_n_epochs or every_n_train_steps, not both")
-        self.dirpath = os.fspath(dirpath) if dirpath is not None else None
+        if train_time_interval is not None and not isinstance(train_time_interval, timedelta):
+            raise MisconfigurationError(f"ModelCheckpoint(train_time_interval={train_time_interval!r}) must be a "
+                                        f"datetime.timedelta or None")
+        if bool(every_n_train_steps) + bool(every_n_epochs) + (train_time_interval is not None) > 1:
+            raise MisconfigurationError("ModelCheckpoint: give one of every_n_epochs, every_n_train_steps and "
+                                        "train_time_interval, not both (or all three)")
+        if dirpath is not None:
+            dirpath = os.path.realpath(os.path.expanduser(os.fspath(dirpath)))
+        self.dirpath = dirpath
         self._dirpath_from_logger = dirpath is None  # follows the logger's folder (which a resume may change)
         self.filename = filename
         self.monitor = monitor
         self.mode = mode
         self.save_top_k = save_top_k
         self.save_last = save_last
+        self.save_on_exception = save_on_exception
+        self.train_time_interval = train_time_interval
         self.every_n_train_steps = every_n_train_steps or 0
-        self.every_n_epochs = 1 if every_n_epochs is None and not every_n_train_steps else (every_n_epochs or 0)
+        unscheduled = every_n_epochs is None and not every_n_train_steps and train_time_interval is None
+        self.every_n_epochs = 1 if unscheduled else (every_n_epochs or 0)
         self.save_weights_only = save_weights_only
         self.save_on_train_epoch_end = save_on_train_epoch_end
         self.auto_insert_metric_name = auto_insert_metric_name
+        self.enable_version_counter = enable_version_counter
         self.verbose = verbose
         self.best_k_models: dict[str, float] = {}
         self.best_model_path = ""
         self.best_model_score: Optional[torch.Tensor] = None
+        self.current_score: Optional[torch.Tensor] = None  # the monitored value of the latest top-k candidate
         self.last_model_path = ""
         self._last_global_step_saved = 0  # as in Lightning: before the first optimizer step there is nothing to save
+        self._last_time_checked: Optional[float] = None  # time.monotonic() at the start or the last timed save
+        self._continues_folder = False  # resumed from a checkpoint in dirpath: its files are this run's own
+
+    # Lightning's private names for the schedule (its tests and some user code read them)
+    @property
+    def _every_n_train_steps(self) -> int:
+        return self.every_n_train_steps
+
+    @property
+    def _every_n_epochs(self) -> int:
+        return self.every_n_epochs
+
+    @property
+    def _train_time_interval(self) -> Optional[timedelta]:
+        return self.train_time_interval
+
+    @property
+    def _enable_version_counter(self) -> bool:
+        return self.enable_version_counter
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(monitor=self.monitor, mode=self.mode, every_n_train_steps=self.every_n_train_steps,
-                                        every_n_epochs=self.every_n_epochs, train_time_interval=None)
+                                        every_n_epochs=self.every_n_epochs, train_time_interval=self.train_time_interval)
 
     @property
     def _legacy_state_keys(self) -> tuple:
-        return (f"ModelCheckpoint{{monitor={self.monitor!r}, mode={self.mode!r}, every_n_train_steps="
+        keys = (f"ModelCheckpoint{{monitor={self.monitor!r}, mode={self.mode!r}, every_n_train_steps="
                 f"{self.every_n_train_steps}, every_n_epochs={self.every_n_epochs}}}",)
+        return keys
 
     @property
     def kth_best_model_path(self) -> str:
@@ -113,15 +165,30 @@ class ModelCheckpoint(Callback):
             self.dirpath = os.path.join(base, "checkpoints")
 
     def on_train_start(self, trainer, module) -> None:
+        self._last_time_checked = time.monotonic()
+        self._continues_folder = False
         # A resumed run starts at the step its checkpoint holds: saving that step again would write the same
         # state twice (or, in the accumulation window after it, a state that lacks the window's gradients).
         if trainer.ckpt_path is not None:
             self._last_global_step_saved = trainer.global_step
+            here = os.path.realpath(self.dirpath) if self.dirpath else None
+            self._continues_folder = os.path.dirname(os.path.realpath(trainer.ckpt_path)) == here
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         n = self.every_n_train_steps
-        if n and trainer.global_step % n == 0 and trainer.global_step != self._last_global_step_saved:
-            self._save(trainer, module)
+        step_due = bool(n) and trainer.global_step % n == 0
+        time_due, now = False, None
+        if self.train_time_interval is not None:
+            now = time.monotonic()
+            started = self._last_time_checked
+            time_due = started is not None and now - started >= self.train_time_interval.total_seconds()
+            if trainer.world_size > 1:  # clocks differ across ranks: rank 0's decides for all
+                time_due = trainer.strategy.broadcast(time_due)
+        if not (step_due or time_due) or trainer.global_step == self._last_global_step_saved:
+            return
+        if time_due:
+            self._last_time_checked = now
+        self._save(trainer, module)
 
     def on_train_epoch_end(self, trainer, module) -> None:
         if self._saves_on_train_epoch_end(trainer) and self._epoch_due(trainer):
@@ -148,6 +215,32 @@ class ModelCheckpoint(Callback):
         if top_k or self.save_last:
             self._save(trainer, module, top_k=top_k)
 
+    def on_exception(self, trainer, module, exception: BaseException) -> None:
+        """``save_on_exception``: write the state fit stopped in under ``filename`` (and ``last``), outside
+        the top k. Not for ``SystemExit``: a preemption has written ``last.ckpt`` before it exits."""
+        from ..states import TrainerFn
+
+        if (not self.save_on_exception or isinstance(exception, SystemExit) or trainer.fast_dev_run
+                or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING or self.dirpath is None
+                or trainer.global_step == self._last_global_step_saved):
+            return
+        metrics = self._monitor_candidates(trainer)
+        path = self.format_checkpoint_name(metrics)
+        try:
+            self._last_global_step_saved = trainer.global_step
+            last_path = self._last_path(trainer, metrics) if self.save_last else None
+            if last_path is not None:
+                self.last_model_path = last_path
+            checkpoint = self._build(trainer)
+            self._write(trainer, checkpoint, path)
+            if last_path is not None:
+                self._write(trainer, checkpoint, last_path)
+            trainer.strategy.wait_for_checkpoint()  # on disk before the exception ends the process
+        except Exception as err:  # the exception fit raised is the one to see; this one is only said
+            rank_zero_warn(f"ModelCheckpoint(save_on_exception=True) could not save {path}: {err!r}")
+            return
+        rank_zero_info(f"ModelCheckpoint: {type(exception).__name__} ({exception}) stopped fit; saved {path}")
+
     def _saves_on_train_epoch_end(self, trainer) -> bool:
         if self.save_on_train_epoch_end is not None:
             return self.save_on_train_epoch_end
@@ -160,35 +253,43 @@ class ModelCheckpoint(Callback):
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
     # ------------------------------------------------------------------ saving
+    def _build(self, trainer) -> dict:
+        trainer._note_checkpoint()  # the loggers write out the history this checkpoint covers
+        with trainer._rng_of_training():  # after a validation: the random state training continues with
+            return trainer._checkpoint_dict(self.save_weights_only)
+
     def _save(self, trainer, module, top_k: bool = True) -> None:
-        """Save a top-k candidate (when ``top_k``) and ``last.ckpt`` (when ``save_last``) of this step."""
+        """Save a top-k candidate (when ``top_k``) and the last checkpoint (when ``save_last``) of this step."""
         if trainer.fast_dev_run or trainer.sanity_checking:
             return
-        metrics = dict(trainer.callback_metrics)
+        metrics = self._monitor_candidates(trainer)
         self._last_global_step_saved = trainer.global_step
         # Rank first and build the checkpoint after, so that the state it records (best_k_models,
         # last_model_path) already names the files it is written to; a resume then keeps them.
         top_k_path, stale = self._update_top_k(trainer, metrics) if top_k and self.save_top_k != 0 else (None, [])
-        last_path = None
+        last_path = previous_last = None
         if self.save_last:
-            last_path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
-            self.last_model_path = last_path
+            last_path = self._last_path(trainer, metrics)
+            previous_last, self.last_model_path = self.last_model_path, last_path
         if top_k_path is not None or last_path is not None:
-            trainer._note_checkpoint()  # the loggers write out the history this checkpoint covers
-            with trainer._rng_of_training():  # after a validation: the random state training continues with
-                checkpoint = trainer._checkpoint_dict(self.save_weights_only)
+            checkpoint = self._build(trainer)
             if top_k_path is not None:
                 self._write(trainer, checkpoint, top_k_path)
                 if self.verbose and trainer.is_global_zero:
                     score = self.best_k_models[top_k_path]
                     print(f"ModelCheckpoint: saved {top_k_path}" + (f" ({self.monitor}={score:.5g})" if self.monitor else ""))
-            # Drop the worst only after the new file is complete on disk (an asynchronous save: the
-            # strategy deletes them once it is committed).
-            for path in stale:
-                if path != top_k_path:
-                    trainer.strategy.remove_checkpoint(path)  # rank 0; a sharded checkpoint is a folder
             if last_path is not None:
-                self._write(trainer, checkpoint, last_path)
+                if self.save_last == "link" and top_k_path is not None:
+                    self._link(trainer, top_k_path, last_path)
+                else:
+                    self._write(trainer, checkpoint, last_path)
+            # Drop the worst (and a last file under an older name) only after the new files are complete on
+            # disk (an asynchronous save: the strategy deletes them once it is committed).
+            for path in stale:
+                if path not in (top_k_path, last_path):
+                    trainer.strategy.remove_checkpoint(path)  # rank 0; a sharded checkpoint is a folder
+            if previous_last and previous_last != last_path and self._ours_to_remove(trainer, previous_last):
+                trainer.strategy.remove_checkpoint(previous_last)
         trainer.strategy.barrier("ModelCheckpoint")
 
     def _update_top_k(self, trainer, metrics) -> tuple:
@@ -207,14 +308,18 @@ class ModelCheckpoint(Callback):
             score = mine
             if math.isnan(score):
                 score = math.inf if self.mode == "min" else -math.inf
-        path = self._path(trainer, metrics)
+            if not self._is_better(score):
+                return None, []
+            full = self.save_top_k != -1 and len(self.best_k_models) >= self.save_top_k
+            replaced = self.kth_best_model_path if full else ""
+        else:
+            score = float(trainer.global_step)  # no metric: the newest checkpoints are the best ones
+            replaced = self.best_model_path
+        path = self._free_name(trainer, metrics, None, replaced)
         if trainer.world_size > 1:  # a name filled in with metrics: one file (or one sharded folder) for all
             path = trainer.strategy.broadcast(path)
-        if self.monitor is None:
-            # No metric: the newest checkpoints are the best ones.
-            score = float(trainer.global_step)
-        elif not self._is_better(score):
-            return None, []
+        if self.monitor is not None:
+            self.current_score = torch.tensor(score)
         self.best_k_models[path] = score
         keep = self.save_top_k if self.save_top_k != -1 else len(self.best_k_models)
         ordered = sorted(self.best_k_models, key=lambda p: self.best_k_models[p],
@@ -232,23 +337,114 @@ class ModelCheckpoint(Callback):
         worst = max(self.best_k_models.values()) if self.mode == "min" else min(self.best_k_models.values())
         return score < worst if self.mode == "min" else score > worst
 
+    def check_monitor_top_k(self, trainer, current: Optional[torch.Tensor] = None) -> bool:
+        """Whether ``current`` (a value of ``monitor``) would enter the top k now."""
+        return current is not None and self._is_better(float(current))
+
     def _write(self, trainer, checkpoint, path) -> None:
+        if trainer.is_global_zero and os.path.islink(path):
+            os.remove(path)  # a "link" last file: the new checkpoint replaces the link, not what it points to
         trainer.strategy.save_checkpoint(checkpoint, path)  # rank 0 writes a file, or every rank its shards
 
-    def _path(self, trainer, metrics) -> str:
-        """The file name for this save: the template with ``{name}`` and ``{name:fmt}`` filled in."""
-        values = {"epoch": trainer.current_epoch, "step": trainer.global_step}
-        values.update({k: float(v) for k, v in metrics.items()})
+    def _link(self, trainer, target: str, link: str) -> None:
+        """``save_last="link"``: point ``link`` at ``target`` (relative, replaced atomically), once
+        ``target`` is complete on disk."""
+        trainer.strategy.wait_for_checkpoint()  # never a link to a save still in flight
+        if trainer.is_global_zero and os.path.abspath(target) != os.path.abspath(link):
+            if os.path.isdir(link) and not os.path.islink(link):
+                trainer.strategy.remove_checkpoint(link)  # a sharded last folder from before
+            tmp = os.path.join(os.path.dirname(link), f".{os.path.basename(link)}.link-{os.getpid()}")
+            try:
+                os.symlink(os.path.relpath(target, os.path.dirname(link)), tmp)
+                os.replace(tmp, link)
+            except OSError:
+                if os.path.lexists(tmp):
+                    os.remove(tmp)
+                import shutil  # no symbolic links here (some file systems): a copy
+
+                if os.path.isdir(target):
+                    shutil.copytree(target, link, dirs_exist_ok=True)
+                else:
+                    shutil.copyfile(target, link)
+        trainer.strategy.barrier("ModelCheckpoint.link")
+
+    def _ours_to_remove(self, trainer, path: str) -> bool:
+        """A file this callback wrote earlier and may delete: in its folder, and not the one fit resumed from."""
+        if trainer.ckpt_path is not None and os.path.abspath(trainer.ckpt_path) == os.path.abspath(path):
+            return False
+        return self.dirpath is not None and os.path.dirname(os.path.abspath(path)) == os.path.abspath(self.dirpath)
+
+    # ------------------------------------------------------------------ names
+    def _monitor_candidates(self, trainer) -> dict:
+        """``trainer.callback_metrics`` with ``epoch`` and ``step`` (ints) added where they were not logged."""
+        metrics = dict(trainer.callback_metrics)
+        for key, value in (("epoch", trainer.current_epoch), ("step", trainer.global_step)):
+            logged = metrics.get(key)
+            metrics[key] = logged.int() if isinstance(logged, torch.Tensor) else torch.tensor(value)
+        return metrics
+
+    def format_checkpoint_name(self, metrics: dict, filename: Optional[str] = None, ver: Optional[int] = None,
+                               prefix: Optional[str] = None) -> str:
+        """The path for a save: ``filename`` (default: this callback's) with ``{name}`` and ``{name:fmt}``
+        filled in from ``metrics`` (a name missing from them is 0), then ``prefix-`` before it and ``-v<ver>``
+        after it, in :attr:`dirpath` (without a folder when it is not known yet).
+
+        Example::
+
+            ModelCheckpoint(dirpath="ck", filename="{epoch:02d}-{val_loss:.2f}").format_checkpoint_name(
+                {"epoch": 3, "val_loss": 0.1234})                   # "ck/epoch=03-val_loss=0.12.ckpt"
+        """
+        template = filename or self.filename or ("{epoch}" + self.CHECKPOINT_JOIN_CHAR + "{step}")
+
+        def value(v):
+            return v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v
 
         def fill(match):
             name, spec = match.group(1), match.group(2) or ""
-            if name not in values:
-                rank_zero_warn(f"ModelCheckpoint(filename={self.filename!r}): {name!r} was not logged; writing 0")
-            text = format(values.get(name, 0), spec[1:])
-            return f"{name.replace('/', '_')}={text}" if self.auto_insert_metric_name else text
+            text = format(value(metrics[name]) if name in metrics else 0, spec[1:])
+            if self.auto_insert_metric_name:
+                return f"{name.replace('/', '_')}{self.CHECKPOINT_EQUALS_CHAR}{text}"
+            return text
 
-        name = re.sub(r"\{([^{}:]+)(:[^{}]*)?\}", fill, self.filename or "{epoch}-{step}")
-        return os.path.join(self.dirpath, name + self.FILE_EXTENSION)
+        name = re.sub(r"\{([^{}:]+)(:[^{}]*)?\}", fill, template)
+        if prefix is not None:
+            name = self.CHECKPOINT_JOIN_CHAR.join((prefix, name))
+        if ver is not None:
+            name = self.CHECKPOINT_JOIN_CHAR.join((name, f"v{ver}"))
+        name += self.FILE_EXTENSION
+        return os.path.join(self.dirpath, name) if self.dirpath else name
+
+    def _path(self, trainer, metrics) -> str:
+        missing = [m.group(1) for m in re.finditer(r"\{([^{}:]+)(:[^{}]*)?\}", self.filename or "")
+                   if m.group(1) not in metrics]
+        if missing:
+            rank_zero_warn(f"ModelCheckpoint(filename={self.filename!r}): {missing} were not logged; writing 0")
+        return self.format_checkpoint_name(metrics)
+
+    def file_exists(self, filepath: str, trainer) -> bool:
+        """Whether ``filepath`` is taken: on disk (as rank 0 sees it, for every rank) or a top-k checkpoint
+        this callback is still writing."""
+        taken = filepath in self.best_k_models or os.path.lexists(filepath) if trainer.is_global_zero else False
+        return trainer.strategy.broadcast(taken) if trainer.world_size > 1 else taken
+
+    def _free_name(self, trainer, metrics, filename: Optional[str], mine: str) -> str:
+        """The name for a save; with ``enable_version_counter``, a name taken by another file gets the
+        first free ``-v<n>``. ``mine`` (the file this save replaces) is not another file, and neither is
+        anything in the folder of the checkpoint fit resumed from: that run's files are this run's own."""
+        if filename is None:
+            path = self._path(trainer, metrics)
+        else:
+            path = self.format_checkpoint_name(metrics, filename)
+        if not self.enable_version_counter or self._continues_folder:
+            return path
+        ver = self.STARTING_VERSION
+        while path != mine and self.file_exists(path, trainer):
+            path = self.format_checkpoint_name(metrics, filename, ver=ver)
+            ver += 1
+        return path
+
+    def _last_path(self, trainer, metrics) -> str:
+        return self._free_name(trainer, metrics, self.CHECKPOINT_NAME_LAST, self.last_model_path)
 
     def find_existing(self, trainer) -> list[str]:
         """Checkpoints already in this callback's folder: files or sharded folders named ``*.ckpt``, without
@@ -258,17 +454,35 @@ class ModelCheckpoint(Callback):
 
         return checkpoints_in(self.dirpath) if self.dirpath is not None else []
 
+    def to_yaml(self, filepath: Optional[Union[str, Path]] = None) -> None:
+        """Write :attr:`best_k_models` (path: score) as YAML to ``filepath`` (default:
+        ``<dirpath>/best_k_models.yaml``)."""
+        import yaml
+
+        if filepath is None:
+            if self.dirpath is None:
+                raise MisconfigurationError("ModelCheckpoint.to_yaml(): no dirpath yet; pass a filepath")
+            filepath = os.path.join(self.dirpath, "best_k_models.yaml")
+        with open(filepath, "w") as f:
+            yaml.dump({p: float(s) for p, s in self.best_k_models.items()}, f)
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        return {"monitor": self.monitor, "best_model_score": None if self.best_model_score is None else float(self.best_model_score),
-                "best_model_path": self.best_model_path, "best_k_models": dict(self.best_k_models),
-                "last_model_path": self.last_model_path, "dirpath": self.dirpath}
+        def plain(t):
+            return None if t is None else float(t)
+
+        return {"monitor": self.monitor, "best_model_score": plain(self.best_model_score),
+                "best_model_path": self.best_model_path, "current_score": plain(self.current_score),
+                "best_k_models": dict(self.best_k_models), "kth_best_model_path": self.kth_best_model_path,
+                "kth_value": plain(self.kth_value), "last_model_path": self.last_model_path, "dirpath": self.dirpath}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("dirpath") not in (None, self.dirpath):
             return  # another folder: its files are not ours to rank or delete
-        self.best_k_models = {p: s for p, s in state.get("best_k_models", {}).items() if os.path.exists(p)}
+        self.best_k_models = {p: float(s) for p, s in state.get("best_k_models", {}).items() if os.path.exists(p)}
         self.best_model_path = state.get("best_model_path", "")
         score = state.get("best_model_score")
-        self.best_model_score = None if score is None else torch.tensor(score)
+        self.best_model_score = None if score is None else torch.tensor(float(score))
+        current = state.get("current_score")
+        self.current_score = None if current is None else torch.tensor(float(current))
         self.last_model_path = state.get("last_model_path", "")
