@@ -3,7 +3,7 @@
 One invocation: the script starts two processes itself (torch.multiprocessing), they create one gloo
 process group, and both phases run in them, in alternating pairs so machine noise hits both alike.
 surge finds the process group already there and uses it. The ratio of medians is printed.
-Usage: python benchmarks/ddp_overhead.py [--pairs 5] [--steps 300] [--batch 64] [--width 256]
+Usage: python benchmarks/ddp_overhead.py [--pairs 10] [--steps 200] [--batch 64] [--width 256]
 """
 import argparse
 import os
@@ -93,24 +93,32 @@ def worker(rank: int, port: int, a) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     plain(30, a.batch, a.width), with_surge(30, a.batch, a.width)  # warm-up
     ours, base = [], []
-    for _ in range(a.pairs):
-        base.append(plain(a.steps, a.batch, a.width))
-        ours.append(with_surge(a.steps, a.batch, a.width))
+    for i in range(a.pairs):
+        # Which side runs first alternates, so a machine getting busier or quieter favours neither.
+        if i % 2 == 0:
+            base.append(plain(a.steps, a.batch, a.width))
+            ours.append(with_surge(a.steps, a.batch, a.width))
+        else:
+            ours.append(with_surge(a.steps, a.batch, a.width))
+            base.append(plain(a.steps, a.batch, a.width))
     b, s = statistics.median(base), statistics.median(ours)
+    ratios = [y / x for x, y in zip(base, ours)]
     if rank == 0:
         print(f"torch {torch.__version__}, {WORLD} processes x {a.threads} thread(s), gloo, MLP width {a.width}, "
               f"batch {a.batch} per process, {a.steps} steps x {a.pairs} pairs")
-        print(f"plain DDP loop  {b * 1e6:8.1f} us/step")
-        print(f"surge ddp       {s * 1e6:8.1f} us/step")
-        print(f"ratio surge/plain: {s / b:.3f}")
+        print(f"plain DDP loop  {b * 1e6:8.1f} us/step (median)")
+        print(f"surge ddp       {s * 1e6:8.1f} us/step (median)")
+        print(f"ratio of the medians: {s / b:.3f}")
+        print(f"median of the pair ratios: {statistics.median(ratios):.3f} (pairs {min(ratios):.3f}-{max(ratios):.3f})")
+        print("pairs (plain, surge us/step): " + ", ".join(f"({x * 1e6:.0f}, {y * 1e6:.0f})" for x, y in zip(base, ours)))
     dist.barrier()  # gloo may abort a process whose peer tears down first
     dist.destroy_process_group()
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--pairs", type=int, default=5)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--pairs", type=int, default=10)
+    p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) // WORLD), help="torch threads per process")
