@@ -75,6 +75,10 @@ def test_the_signature_is_lightnings_in_its_order_and_a_cli_parser_reads_it():
     assert isinstance(cb, ModelCheckpoint)
     assert cb.save_last == "link" and cb.train_time_interval == timedelta(minutes=5)
     assert cb.enable_version_counter is False and cb.every_n_epochs == 0
+    # the annotations are types, not strings: a parser given one parameter's annotation reads it
+    save_last = jsonargparse.ArgumentParser()
+    save_last.add_argument("--a", type=inspect.signature(ModelCheckpoint).parameters["save_last"].annotation)
+    assert [save_last.parse_args(["--a", v]).a for v in ("link", "true", "no")] == ["link", True, False]
 
 
 def test_state_key_is_lightnings_and_names_the_time_interval():

@@ -1,7 +1,5 @@
 """ModelCheckpoint: save the run at epoch ends, every n steps or every so much training time; keep the best
 k and the last."""
-from __future__ import annotations
-
 import math
 import os
 import re
@@ -63,18 +61,19 @@ class ModelCheckpoint(Callback):
         if mode not in ("min", "max"):
             raise MisconfigurationError(f"ModelCheckpoint(mode={mode!r}): choose 'min' or 'max'")
         if not isinstance(save_top_k, int) or save_top_k < -1:
-            raise MisconfigurationError(f"ModelCheckpoint(save_top_k={save_top_k!r}) must be an int >= -1")
+            raise MisconfigurationError(f"ModelCheckpoint: invalid save_top_k={save_top_k!r}. Must be >= -1 (an int)")
         if save_last not in (None, True, False, "link"):
             raise MisconfigurationError(f"ModelCheckpoint(save_last={save_last!r}): choose True, False, None or 'link'")
         for name, v in (("every_n_epochs", every_n_epochs), ("every_n_train_steps", every_n_train_steps)):
             if v is not None and (not isinstance(v, int) or v < 0):
-                raise MisconfigurationError(f"ModelCheckpoint({name}={v!r}) must be an int >= 0 or None")
+                raise MisconfigurationError(f"ModelCheckpoint: invalid {name}={v!r}. Must be >= 0 (an int) or None")
         if train_time_interval is not None and not isinstance(train_time_interval, timedelta):
             raise MisconfigurationError(f"ModelCheckpoint(train_time_interval={train_time_interval!r}) must be a "
                                         f"datetime.timedelta or None")
         if bool(every_n_train_steps) + bool(every_n_epochs) + (train_time_interval is not None) > 1:
-            raise MisconfigurationError("ModelCheckpoint: give one of every_n_epochs, every_n_train_steps and "
-                                        "train_time_interval, not both (or all three)")
+            raise MisconfigurationError(f"ModelCheckpoint: Combination of parameters every_n_train_steps="
+                                        f"{every_n_train_steps}, every_n_epochs={every_n_epochs} and train_time_interval="
+                                        f"{train_time_interval}: give only one, not both (or all three)")
         if dirpath is not None:
             dirpath = os.path.realpath(os.path.expanduser(os.fspath(dirpath)))
         self.dirpath = dirpath
