@@ -68,33 +68,95 @@ class EvaluationLoops:
         module = self.module
         self._results = Results("predict", self.strategy)
         module.eval()
-        all_outputs = []
         many = len(loaders) > 1
         _check_dataloader_idx(module, "predict", many)
         step_takes_idx = takes_batch_idx(module.predict_step)
+        # A BasePredictionWriter gets each batch's sample indices, and (writing per epoch) every prediction even
+        # under return_predictions=False: here for it to read, as Lightning's predict loop holds them.
+        on_batch, on_epoch = _writer_intervals(self.callbacks)
+        keep = self._return_predictions or on_epoch
+        self._predict_batch_indices = []
+        self._predict_epoch_indices = [[] for _ in loaders]
+        per_loader = []
         with self.strategy.evaluation_context(self.inference_mode):
             self._call("on_predict_start")
             self._call("on_predict_epoch_start")
-            for dl_idx, loader in enumerate(loaders):
+            for dl_idx, given in enumerate(loaders):
                 outputs = []
                 extra = (dl_idx,) if many else ()
                 limit = self.num_predict_batches[dl_idx]
+                loader, seen = _recording_indices(given) if on_batch or on_epoch else (given, None)
                 for batch_idx, batch in enumerate(loader):
                     if batch_idx >= limit:
                         break
+                    if seen is not None:  # the sampler has given this batch's indices by now
+                        self._predict_batch_indices = seen.batches[batch_idx]
+                        if on_epoch:
+                            self._predict_epoch_indices[dl_idx].append(seen.batches[batch_idx])
                     batch = self._to_device(batch, dl_idx)
                     self._call("on_predict_batch_start", batch, batch_idx, *extra)
                     self._results.hook = "predict_step"
                     out = self.strategy.step("predict", *((batch, batch_idx) if step_takes_idx else (batch,)), *extra)
                     self._call("on_predict_batch_end", out, batch, batch_idx, *extra)
-                    if self._return_predictions:
+                    if keep:
                         outputs.append(out)
-                all_outputs.append(self.strategy.gather_predictions(outputs, loader) if self._return_predictions else outputs)
+                per_loader.append(outputs)
+            self._predict_outputs = per_loader[0] if len(per_loader) == 1 else per_loader
             self._call("on_predict_epoch_end")
+            self._predict_outputs, self._predict_epoch_indices = [], []
             self._call("on_predict_end")
-        if not self._return_predictions:
-            return None
-        return all_outputs[0] if len(all_outputs) == 1 else all_outputs
+            if not self._return_predictions:
+                return None
+            # Every rank's outputs in dataset order (under DDP), read off the loader as the strategy prepared it.
+            returned = [self.strategy.gather_predictions(outputs, given) for outputs, given in zip(per_loader, loaders)]
+        return returned[0] if len(returned) == 1 else returned
+
+
+def _writer_intervals(callbacks) -> tuple[bool, bool]:
+    """Whether a BasePredictionWriter among ``callbacks`` writes per batch, and whether one writes per epoch."""
+    from .callbacks.prediction_writer import BasePredictionWriter
+
+    writers = [cb for cb in callbacks if isinstance(cb, BasePredictionWriter)]
+    return any(w.interval.on_batch for w in writers), any(w.interval.on_epoch for w in writers)
+
+
+class _SeenBatches:
+    """A DataLoader's batch sampler that keeps the indices of every batch it has given this epoch (the loader
+    reads ahead of the loop with workers, so the loop looks a batch up by its index)."""
+
+    def __init__(self, batch_sampler):
+        self.batch_sampler = batch_sampler
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        self.batches = []
+        for indices in self.batch_sampler:
+            indices = list(indices)
+            self.batches.append(indices)
+            yield indices
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+
+def _recording_indices(loader):
+    """``loader`` rebuilt to record its batches' sample indices, and the recorder; ``(loader, None)`` where the
+    indices cannot be known (not a DataLoader, an IterableDataset, no batch sampler), with a warning."""
+    from torch.utils.data import DataLoader, IterableDataset
+
+    from .data import _LOADER_ARGS
+    from .utils import rank_zero_warn
+
+    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset) or loader.batch_sampler is None:
+        rank_zero_warn(f"Couldn't infer the batch indices fetched from your dataloader: `{type(loader).__name__}` "
+                       f"(a BasePredictionWriter gets empty batch_indices)")
+        return loader, None
+    kwargs = {name: getattr(loader, name) for name in _LOADER_ARGS if hasattr(loader, name) and name != "drop_last"}
+    if kwargs.get("num_workers", 0) == 0:
+        kwargs.pop("prefetch_factor", None)
+        kwargs.pop("persistent_workers", None)
+    seen = _SeenBatches(loader.batch_sampler)
+    return DataLoader(loader.dataset, batch_sampler=seen, **kwargs), seen
 
 
 def _logged_names(results: Results) -> set:

@@ -3,12 +3,17 @@ from .base import Callback
 from .checkpoint import ModelCheckpoint
 from .early_stopping import EarlyStopping
 from .finetuning import BackboneFinetuning, BaseFinetuning
+from .gradient_accumulation import GradientAccumulationScheduler
 from .lr_monitor import LearningRateMonitor
 from .model_summary import ModelSummary
+from .on_exception_checkpoint import OnExceptionCheckpoint
+from .prediction_writer import BasePredictionWriter
 from .progress import ProgressBar, TQDMProgressBar
+from .timer import Timer
 
 __all__ = ["Callback", "ModelCheckpoint", "EarlyStopping", "BaseFinetuning", "BackboneFinetuning", "LearningRateMonitor", "ModelSummary", "ProgressBar",
-           "TQDMProgressBar", "DeviceStatsMonitor", "ThroughputMonitor", "RichProgressBar"]
+           "TQDMProgressBar", "GradientAccumulationScheduler", "OnExceptionCheckpoint", "BasePredictionWriter", "Timer",
+           "DeviceStatsMonitor", "ThroughputMonitor", "RichProgressBar"]
 
 # Imported on first use: their modules pull in psutil, rich or the FLOP counter only when used.
 _LAZY = {"DeviceStatsMonitor": "device_stats", "ThroughputMonitor": "throughput", "RichProgressBar": "rich_progress"}

@@ -6,13 +6,18 @@ monitors and the rich progress bar load their libraries only when first named, a
 from .callback import Callback
 from .early_stopping import EarlyStopping
 from .finetuning import BackboneFinetuning, BaseFinetuning
+from .gradient_accumulation_scheduler import GradientAccumulationScheduler
 from .lr_monitor import LearningRateMonitor
 from .model_checkpoint import ModelCheckpoint
 from .model_summary import ModelSummary
+from .on_exception_checkpoint import OnExceptionCheckpoint
+from .prediction_writer import BasePredictionWriter
 from .progress import ProgressBar, TQDMProgressBar
+from .timer import Timer
 
 __all__ = ["Callback", "EarlyStopping", "BaseFinetuning", "BackboneFinetuning", "LearningRateMonitor", "ModelCheckpoint", "ModelSummary", "ProgressBar",
-           "TQDMProgressBar", "DeviceStatsMonitor", "ThroughputMonitor", "RichProgressBar"]
+           "TQDMProgressBar", "GradientAccumulationScheduler", "OnExceptionCheckpoint", "BasePredictionWriter", "Timer",
+           "DeviceStatsMonitor", "ThroughputMonitor", "RichProgressBar"]
 
 
 def __getattr__(name: str):
