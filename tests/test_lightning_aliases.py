@@ -46,6 +46,8 @@ LIGHTNING_PATHS = [
     ("callbacks", "ThroughputMonitor", "surge.callbacks.ThroughputMonitor"),
     ("callbacks", "StochasticWeightAveraging", "surge.callbacks.StochasticWeightAveraging"),
     ("callbacks.stochastic_weight_avg", "StochasticWeightAveraging", "surge.callbacks.swa.StochasticWeightAveraging"),
+    ("callbacks", "ModelPruning", "surge.callbacks.ModelPruning"),
+    ("callbacks.pruning", "ModelPruning", "surge.callbacks.pruning.ModelPruning"),
     ("loggers.logger", "Logger", "surge.loggers.Logger"),
     ("loggers.csv_logs", "CSVLogger", "surge.loggers.CSVLogger"),
     ("loggers.tensorboard", "TensorBoardLogger", "surge.loggers.TensorBoardLogger"),

@@ -13,12 +13,13 @@ from .model_summary import ModelSummary
 from .on_exception_checkpoint import OnExceptionCheckpoint
 from .prediction_writer import BasePredictionWriter
 from .progress import ProgressBar, TQDMProgressBar
+from .pruning import ModelPruning
 from .stochastic_weight_avg import StochasticWeightAveraging
 from .timer import Timer
 
 __all__ = ["Callback", "EarlyStopping", "BaseFinetuning", "BackboneFinetuning", "LearningRateMonitor", "ModelCheckpoint", "ModelSummary", "ProgressBar",
            "TQDMProgressBar", "GradientAccumulationScheduler", "OnExceptionCheckpoint", "BasePredictionWriter", "Timer",
-           "StochasticWeightAveraging",
+           "StochasticWeightAveraging", "ModelPruning",
            "DeviceStatsMonitor", "ThroughputMonitor", "RichProgressBar"]
 
 
