@@ -48,6 +48,8 @@ LIGHTNING_PATHS = [
     ("callbacks.stochastic_weight_avg", "StochasticWeightAveraging", "surge.callbacks.swa.StochasticWeightAveraging"),
     ("callbacks", "ModelPruning", "surge.callbacks.ModelPruning"),
     ("callbacks.pruning", "ModelPruning", "surge.callbacks.pruning.ModelPruning"),
+    ("callbacks", "RichModelSummary", "surge.callbacks.RichModelSummary"),
+    ("callbacks.rich_model_summary", "RichModelSummary", "surge.callbacks.rich_model_summary.RichModelSummary"),
     ("loggers.logger", "Logger", "surge.loggers.Logger"),
     ("loggers.csv_logs", "CSVLogger", "surge.loggers.CSVLogger"),
     ("loggers.tensorboard", "TensorBoardLogger", "surge.loggers.TensorBoardLogger"),
