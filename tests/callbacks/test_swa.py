@@ -195,3 +195,24 @@ def test_two_optimizers_are_refused(tmp_path):
 
     with pytest.raises(MisconfigurationError, match="1 `optimizer`"):
         fit(tmp_path, Two(), [StochasticWeightAveraging(swa_lrs=0.1)], max_epochs=2)
+
+
+def test_ddp_two_processes_average_as_one(tmp_path, monkeypatch):
+    # Global batch 8: 4 per rank on two spawned gloo ranks, 8 in one process; the same weights each epoch, so the
+    # same average. (Net is at module level so that the spawned processes can import it.)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
+    swa = lambda: StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=2)  # noqa: E731
+    quiet = dict(max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                 enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu")
+    spread = Net()
+    surge.Trainer(default_root_dir=str(tmp_path / "ddp"), strategy="ddp_spawn", devices=2, callbacks=[swa()],
+                  **quiet).fit(spread, data(batch_size=4))
+    single, rec = Net(), Record()
+    surge.Trainer(default_root_dir=str(tmp_path / "one"), devices=1, callbacks=[rec, swa()], **quiet).fit(
+        single, data())
+    expected = mean_of(rec.ends[0:3])
+    for (name, a), b in zip(single.named_parameters(), spread.parameters()):
+        torch.testing.assert_close(a.detach(), expected[name], rtol=0, atol=1e-6)
+        torch.testing.assert_close(b.detach(), a.detach(), rtol=0, atol=1e-5, msg=name)
+        assert (b.detach() - rec.ends[-1][name]).abs().max() > 1e-4  # the average came back, not the last weights

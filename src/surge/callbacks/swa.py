@@ -213,7 +213,9 @@ class StochasticWeightAveraging(Callback):
         was_training = module.training
         module.train()
         try:
-            with torch.no_grad():
+            # The module itself, not a distributed wrapper: no collective per batch (ranks may hold different
+            # numbers of batches), each process measures its own share of the data. Autocast as in training.
+            with torch.no_grad(), trainer.strategy.precision.autocast():
                 for batch_idx, batch in enumerate(trainer._train_loader):
                     if batch_idx >= limit:
                         break
