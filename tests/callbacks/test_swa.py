@@ -216,3 +216,20 @@ def test_ddp_two_processes_average_as_one(tmp_path, monkeypatch):
         torch.testing.assert_close(a.detach(), expected[name], rtol=0, atol=1e-6)
         torch.testing.assert_close(b.detach(), a.detach(), rtol=0, atol=1e-5, msg=name)
         assert (b.detach() - rec.ends[-1][name]).abs().max() > 1e-4  # the average came back, not the last weights
+
+
+def test_lightning_names_on_lightnings_boring_model(tmp_path):
+    import surge.lightning as pl
+    from surge.lightning.demos.boring_classes import BoringModel
+
+    model = BoringModel()  # SGD with a StepLR, as Lightning's
+    rec = Record()
+    trainer = pl.Trainer(default_root_dir=str(tmp_path), max_epochs=3, limit_train_batches=4, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, limit_val_batches=0,
+                         callbacks=[rec, pl.callbacks.StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=2)])
+    trainer.fit(model)
+    expected = mean_of(rec.ends[0:2])
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.detach(), expected[name], rtol=0, atol=1e-6)
+    assert type(trainer.lr_scheduler_configs[0].scheduler).__name__ == "SWALR"

@@ -110,7 +110,8 @@ class ModelPruning(Callback):
                     raise MisconfigurationError("When requesting `structured` pruning, the `pruning_dim` should be provided.")
                 if key == "ln_structured":
                     if pruning_norm is None:
-                        raise MisconfigurationError("When requesting `ln_structured` pruning, the `pruning_norm` should be provided.")
+                        raise MisconfigurationError(
+                            "When requesting `ln_structured` pruning, the `pruning_norm` should be provided.")
                     kwargs["n"] = pruning_norm
                 kwargs["dim"] = pruning_dim
             if use_global_unstructured:

@@ -57,7 +57,8 @@ class StochasticWeightAveraging(Callback):
                                         f"got {swa_epoch_start!r}")
         lrs = swa_lrs if isinstance(swa_lrs, list) else [swa_lrs]
         if not isinstance(swa_lrs, (float, list)) or not all(isinstance(lr, float) and lr > 0 for lr in lrs):
-            raise MisconfigurationError(f"The `swa_lrs` should a positive float, or a list of positive floats; got {swa_lrs!r}")
+            raise MisconfigurationError("The `swa_lrs` should a positive float, or a list of positive floats; "
+                                        f"got {swa_lrs!r}")
         if annealing_strategy not in ("cos", "linear"):
             raise MisconfigurationError(f"annealing_strategy must be 'cos' or 'linear', got {annealing_strategy!r}")
         if avg_fn is not None and not callable(avg_fn):
