@@ -55,6 +55,8 @@ LIGHTNING_PATHS = [
     ("loggers.tensorboard", "TensorBoardLogger", "surge.loggers.TensorBoardLogger"),
     ("loggers", "MLFlowLogger", "surge.loggers.MLflowLogger"),
     ("loggers.mlflow", "MLFlowLogger", "surge.loggers.MLflowLogger"),
+    ("loggers", "WandbLogger", "surge.loggers.WandbLogger"),
+    ("loggers.wandb", "WandbLogger", "surge.loggers.WandbLogger"),
     ("utilities.exceptions", "MisconfigurationException", "surge.utils.MisconfigurationError"),
 ]
 
