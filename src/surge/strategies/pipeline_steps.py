@@ -268,6 +268,7 @@ class FromLast:
 
     def __init__(self) -> None:
         self.layouts: list = []  # the same list on every stage of the pipeline, in the order first sent
+        self._index: dict = {}  # layout -> its place in ``layouts`` (the last stage looks layouts up)
 
     def send(self, payload, is_last: bool, src: int, group, device: torch.device, to: torch.device):
         """``payload`` ((result, logs), from the last stage) on every stage, on device ``to``; ``device`` is
@@ -276,19 +277,22 @@ class FromLast:
         layout = None
         if is_last:
             layout = _layout(payload)
-            if layout is not None and len(layout[1]) < self.CAPACITY and layout in self.layouts:
+            if layout is not None and len(layout[1]) >= self.CAPACITY:
+                layout = None  # too many values for the tensor: goes as an object, and is not kept
+            if layout in self._index:
                 result, logs = payload
                 values = [torch.zeros(()) if result is None else result] + [value for _, value, _ in logs]
-                wire[0] = float(self.layouts.index(layout))
+                wire[0] = float(self._index[layout])
                 wire[1:1 + len(values)] = torch.stack([v.detach().to(device, torch.float64) for v in values])
         dist.broadcast(wire, src=src, group=group)
         index = int(wire[0])
         if index < 0:
-            keep = layout is not None and len(layout[1]) < self.CAPACITY and len(self.layouts) < self.LAYOUTS
+            keep = layout is not None and len(self.layouts) < self.LAYOUTS
             box = [(detached_to(payload, torch.device("cpu")), layout if keep else None) if is_last else None]
             dist.broadcast_object_list(box, src=src, group=group, device=device)
             sent, new = box[0]
             if new is not None:
+                self._index[new] = len(self.layouts)
                 self.layouts.append(new)
             return payload if is_last else detached_to(sent, to)
         if is_last:
