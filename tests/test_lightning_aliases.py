@@ -81,10 +81,10 @@ def test_misconfiguration_exception_catches_what_surge_raises():
 
 
 def test_a_name_lightning_has_and_surge_does_not_is_absent_not_a_stub():
-    with pytest.raises(AttributeError, match="BatchSizeFinder"):
-        pl.callbacks.BatchSizeFinder  # noqa: B018  (surge has no tuner)
+    with pytest.raises(AttributeError, match="XLAStatsMonitor"):
+        pl.callbacks.XLAStatsMonitor  # noqa: B018  (surge has no XLA)
     with pytest.raises(ImportError):
-        exec("from surge.lightning.callbacks import BatchSizeFinder", {})
+        exec("from surge.lightning.callbacks import XLAStatsMonitor", {})
 
 
 @pytest.mark.parametrize("statement", [

@@ -24,6 +24,7 @@ _LAZY = {
     "EarlyStopping": "callbacks",
     "rank_zero_only": "utils",
     "AttributeDict": "hparams",
+    "Tuner": "tuner",
 }
 _SUBMODULES = {"callbacks", "loggers", "strategies", "demos", "lightning", "precision", "cli", "utils"}
 

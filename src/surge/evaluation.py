@@ -33,6 +33,9 @@ class EvaluationLoops:
         per_loader_keys = []
         with self.strategy.evaluation_context(self.inference_mode):
             self._call(f"on_{prefix}_start")
+            if not sanity:  # a start hook (BatchSizeFinder) may have requested the loaders again
+                loaders, limits = self._loaders_now(LOADER_PREFIX[prefix], loaders, limits)
+                many = len(loaders) > 1
             self._call(f"on_{prefix}_epoch_start")
             for dl_idx, loader in enumerate(loaders):
                 results.dataloader_idx = dl_idx if many else None
@@ -63,6 +66,16 @@ class EvaluationLoops:
         return [{k: float(v) for k, v in epoch.items() if k in keys or "/dataloader_idx_" not in k}
                 for keys in per_loader_keys]
 
+    def _loaders_now(self, kind: str, loaders: list, limits: list) -> tuple[list, list]:
+        """The stage's loaders and batch counts as they are now: ``loaders`` unless a hook requested new ones
+        (or dropped them, to be requested again)."""
+        if getattr(self, f"_{kind}_loaders") is None:
+            self._loaders(kind)
+        now = getattr(self, f"_{kind}_loaders")
+        if now is loaders:
+            return loaders, limits
+        return now, getattr(self, f"num_{kind}_batches")
+
     def _predict_loop(self):
         loaders = self._loaders("predict")
         module = self.module
@@ -80,6 +93,7 @@ class EvaluationLoops:
         per_loader = []
         with self.strategy.evaluation_context(self.inference_mode):
             self._call("on_predict_start")
+            loaders, _ = self._loaders_now("predict", loaders, self.num_predict_batches)
             self._call("on_predict_epoch_start")
             for dl_idx, given in enumerate(loaders):
                 outputs = []

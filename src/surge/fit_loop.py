@@ -46,6 +46,15 @@ class FitLoop:
         # What on_train_start logs counts in the first epoch's values, as Lightning's users expect.
         self._results = Results("train", self.strategy)
         self._call("on_train_start")
+        self._run_epochs()
+        self._results = Results("train", self.strategy)
+        self._call("on_train_end")  # ModelCheckpoint saves the final state here if no save had it yet
+        self._call("on_fit_end")
+        if self._flush_due:
+            self._flush_loggers()
+
+    def _run_epochs(self) -> None:
+        """Train epoch after epoch until fit is done (also the tuner's trials, with their own limits)."""
         state = self.state
         while not self._fit_done():
             if state.batch_idx == 0 and self._setup_train_data():  # a reload due at this epoch's start
@@ -55,11 +64,6 @@ class FitLoop:
                 state.epoch += 1
                 state.batch_idx = 0
                 self._epoch_finished = False
-        self._results = Results("train", self.strategy)
-        self._call("on_train_end")  # ModelCheckpoint saves the final state here if no save had it yet
-        self._call("on_fit_end")
-        if self._flush_due:
-            self._flush_loggers()
 
     def _read_module_signatures(self) -> None:
         """What the module's own methods take and override, read once per fit so that no step inspects them."""

@@ -33,6 +33,7 @@ from .state import TrainerState
 from .trainer_checkpoint import CheckpointHandling
 from .trainer_data import DataHandling
 from .trainer_metrics import MetricsHandling
+from .tuner import TunerExit
 from .strategies.strategy import Strategy, get_strategy
 from . import faults
 from .profiler import NO_PROFILE, resolve_profiler
@@ -522,6 +523,10 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
             self._call_teardown(stage)
             status = "success"
             return result
+        except TunerExit:  # a Tuner's finder has searched: the stage ends here, as a successful run
+            self._call_teardown(stage)
+            status = "success"
+            return None
         except BaseException as err:
             status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
             faults.name_the_callback(err, self.callbacks)  # the user sees which callback raised

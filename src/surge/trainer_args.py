@@ -113,6 +113,17 @@ def translate_legacy(kwargs: dict, known: set[str]) -> dict:
             warnings.warn("Trainer(weights_summary=...) is deprecated: use enable_model_summary=...",
                           DeprecationWarning, stacklevel=3)
             modern["enable_model_summary"] = value is not None
+        elif key in ("auto_lr_find", "auto_scale_batch_size"):
+            if value in (False, None):
+                warnings.warn(f"Trainer({key}={value!r}) is no longer an argument; it is ignored", DeprecationWarning,
+                              stacklevel=3)
+                continue
+            tool = ("Tuner(trainer).lr_find(model)", "LearningRateFinder") if key == "auto_lr_find" else \
+                ("Tuner(trainer).scale_batch_size(model)", "BatchSizeFinder")
+            raise MisconfigurationError(
+                f"Trainer({key}={value!r}) no longer exists (Lightning 2.0 removed it; it would do nothing): call "
+                f"{tool[0]} before trainer.fit(model) (from surge.tuner import Tuner, or "
+                f"lightning.pytorch.tuner), or pass callbacks=[{tool[1]}()] to the Trainer")
         elif key in _LEGACY:
             warnings.warn(f"Trainer({key}=...) is no longer supported and is ignored", DeprecationWarning, stacklevel=3)
         else:

@@ -130,6 +130,16 @@ LIGHTNING_PATHS = [
     ("strategies.ddp", "DDPStrategy", "surge.strategies.ddp.DDP"),
     ("strategies.fsdp", "FSDPStrategy", "surge.strategies.fsdp.FSDP"),
     ("strategies.single_device", "SingleDeviceStrategy", "surge.strategies.single.SingleDevice"),
+    ("tuner", "Tuner", "surge.tuner.Tuner"),
+    ("tuner.tuning", "Tuner", "surge.tuner.Tuner"),
+    ("tuner.lr_finder", "LRFinder", "surge.tuner.LRFinder"),
+    ("callbacks", "LearningRateFinder", "surge.callbacks.lr_finder.LearningRateFinder"),
+    ("callbacks.lr_finder", "LearningRateFinder", "surge.callbacks.lr_finder.LearningRateFinder"),
+    ("callbacks", "BatchSizeFinder", "surge.callbacks.batch_size_finder.BatchSizeFinder"),
+    ("callbacks.batch_size_finder", "BatchSizeFinder", "surge.callbacks.batch_size_finder.BatchSizeFinder"),
+    ("utilities.parsing", "lightning_hasattr", "surge.tuner.has_hparam"),
+    ("utilities.parsing", "lightning_getattr", "surge.tuner.get_hparam"),
+    ("utilities.parsing", "lightning_setattr", "surge.tuner.set_hparam"),
 ]
 
 
@@ -154,7 +164,6 @@ def test_lightnings_module_paths_hold_surges_objects(path, name, target):
     "from surge.lightning.utilities.grads import grad_norm",
     "import surge.lightning.plugins",
     "import surge.lightning.accelerators",
-    "import surge.lightning.tuner",
 ])
 def test_names_surge_lacks_fail_to_import(statement):
     with pytest.raises(ImportError):
@@ -162,10 +171,10 @@ def test_names_surge_lacks_fail_to_import(statement):
 
 
 def test_lazy_submodules_are_the_attributes():
-    for name in ("cli", "profilers", "strategies"):
+    for name in ("cli", "profilers", "strategies", "tuner"):
         assert getattr(pl, name) is importlib.import_module(f"surge.lightning.{name}")
-    with pytest.raises(AttributeError, match="tuner"):
-        pl.tuner  # noqa: B018
+    with pytest.raises(AttributeError, match="loops"):
+        pl.loops  # noqa: B018
 
 
 def test_version_is_surges_and_the_logo_prints(capsys):

@@ -1,9 +1,11 @@
 """Callbacks that ship with surge; subclass :class:`Callback` for your own."""
 from .base import Callback
+from .batch_size_finder import BatchSizeFinder
 from .checkpoint import ModelCheckpoint
 from .early_stopping import EarlyStopping
 from .finetuning import BackboneFinetuning, BaseFinetuning
 from .gradient_accumulation import GradientAccumulationScheduler
+from .lr_finder import LearningRateFinder
 from .lr_monitor import LearningRateMonitor
 from .model_summary import ModelSummary
 from .on_exception_checkpoint import OnExceptionCheckpoint
@@ -16,7 +18,7 @@ from .timer import Timer
 
 __all__ = ["Callback", "ModelCheckpoint", "EarlyStopping", "BaseFinetuning", "BackboneFinetuning", "LearningRateMonitor", "ModelSummary", "ProgressBar",
            "TQDMProgressBar", "GradientAccumulationScheduler", "OnExceptionCheckpoint", "BasePredictionWriter", "Timer",
-           "StochasticWeightAveraging", "ModelPruning", "RichModelSummary",
+           "StochasticWeightAveraging", "ModelPruning", "RichModelSummary", "LearningRateFinder", "BatchSizeFinder",
            "DeviceStatsMonitor", "ThroughputMonitor", "RichProgressBar"]
 
 # Imported on first use: their modules pull in psutil, rich or the FLOP counter only when used.

@@ -13,7 +13,7 @@ or wrappers, so everything in surge's documentation applies to them.
 
 Importing this package switches the process to Lightning's default names (:mod:`surge.dialect`): loggers
 write under ``lightning_logs/`` and ``seed_everything`` leaves its seed in ``$PL_GLOBAL_SEED``.
-``cli``, ``profilers`` and ``strategies`` load when first named (``pl.cli`` needs jsonargparse).
+``cli``, ``profilers``, ``strategies`` and ``tuner`` load when first named (``pl.cli`` needs jsonargparse).
 """
 import importlib
 
@@ -31,7 +31,7 @@ _dialect.use(_dialect.LIGHTNING)  # code written for Lightning finds lightning_l
 
 __version__ = importlib.import_module("surge").__version__  # surge's version: this is surge, not Lightning
 
-_LAZY_SUBMODULES = ("cli", "profilers", "strategies")
+_LAZY_SUBMODULES = ("cli", "profilers", "strategies", "tuner")
 
 __all__ = ["LightningModule", "LightningDataModule", "Trainer", "Callback", "seed_everything", "callbacks",
            "core", "loggers", "trainer", "utilities", "rank_zero_only", "cli_lightning_logo", "__version__"]

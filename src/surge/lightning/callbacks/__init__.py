@@ -3,10 +3,12 @@
 One module per callback, as Lightning has them (``surge.lightning.callbacks.model_checkpoint`` ...). The
 monitors and the rich progress bar load their libraries only when first named, as in :mod:`surge.callbacks`.
 """
+from .batch_size_finder import BatchSizeFinder
 from .callback import Callback
 from .early_stopping import EarlyStopping
 from .finetuning import BackboneFinetuning, BaseFinetuning
 from .gradient_accumulation_scheduler import GradientAccumulationScheduler
+from .lr_finder import LearningRateFinder
 from .lr_monitor import LearningRateMonitor
 from .model_checkpoint import ModelCheckpoint
 from .model_summary import ModelSummary
@@ -20,7 +22,7 @@ from .timer import Timer
 
 __all__ = ["Callback", "EarlyStopping", "BaseFinetuning", "BackboneFinetuning", "LearningRateMonitor", "ModelCheckpoint", "ModelSummary", "ProgressBar",
            "TQDMProgressBar", "GradientAccumulationScheduler", "OnExceptionCheckpoint", "BasePredictionWriter", "Timer",
-           "StochasticWeightAveraging", "ModelPruning", "RichModelSummary",
+           "StochasticWeightAveraging", "ModelPruning", "RichModelSummary", "LearningRateFinder", "BatchSizeFinder",
            "DeviceStatsMonitor", "ThroughputMonitor", "RichProgressBar"]
 
 
