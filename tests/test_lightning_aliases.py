@@ -44,11 +44,19 @@ LIGHTNING_PATHS = [
     ("callbacks.progress.tqdm_progress", "TQDMProgressBar", "surge.callbacks.TQDMProgressBar"),
     ("callbacks.progress.progress_bar", "ProgressBar", "surge.callbacks.ProgressBar"),
     ("callbacks", "ThroughputMonitor", "surge.callbacks.ThroughputMonitor"),
+    ("callbacks", "StochasticWeightAveraging", "surge.callbacks.StochasticWeightAveraging"),
+    ("callbacks.stochastic_weight_avg", "StochasticWeightAveraging", "surge.callbacks.swa.StochasticWeightAveraging"),
+    ("callbacks", "ModelPruning", "surge.callbacks.ModelPruning"),
+    ("callbacks.pruning", "ModelPruning", "surge.callbacks.pruning.ModelPruning"),
+    ("callbacks", "RichModelSummary", "surge.callbacks.RichModelSummary"),
+    ("callbacks.rich_model_summary", "RichModelSummary", "surge.callbacks.rich_model_summary.RichModelSummary"),
     ("loggers.logger", "Logger", "surge.loggers.Logger"),
     ("loggers.csv_logs", "CSVLogger", "surge.loggers.CSVLogger"),
     ("loggers.tensorboard", "TensorBoardLogger", "surge.loggers.TensorBoardLogger"),
     ("loggers", "MLFlowLogger", "surge.loggers.MLflowLogger"),
     ("loggers.mlflow", "MLFlowLogger", "surge.loggers.MLflowLogger"),
+    ("loggers", "WandbLogger", "surge.loggers.WandbLogger"),
+    ("loggers.wandb", "WandbLogger", "surge.loggers.WandbLogger"),
     ("utilities.exceptions", "MisconfigurationException", "surge.utils.MisconfigurationError"),
 ]
 
@@ -73,10 +81,10 @@ def test_misconfiguration_exception_catches_what_surge_raises():
 
 
 def test_a_name_lightning_has_and_surge_does_not_is_absent_not_a_stub():
-    with pytest.raises(AttributeError, match="StochasticWeightAveraging"):
-        pl.callbacks.StochasticWeightAveraging  # noqa: B018  (issue 17: not built yet)
+    with pytest.raises(AttributeError, match="BatchSizeFinder"):
+        pl.callbacks.BatchSizeFinder  # noqa: B018  (surge has no tuner)
     with pytest.raises(ImportError):
-        exec("from surge.lightning.callbacks import StochasticWeightAveraging", {})
+        exec("from surge.lightning.callbacks import BatchSizeFinder", {})
 
 
 @pytest.mark.parametrize("statement", [

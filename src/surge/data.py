@@ -104,6 +104,16 @@ _LOADER_ARGS = ("num_workers", "collate_fn", "pin_memory", "drop_last", "timeout
                 "pin_memory_device", "in_order")
 
 
+def loader_settings(loader: DataLoader, leave_out: tuple = ()) -> dict:
+    """The keyword arguments ``loader`` was built with (all but the dataset, sampler and batch size), for a new
+    DataLoader like it; those a loader without workers refuses (prefetch_factor, persistent_workers) left out."""
+    kwargs = {name: getattr(loader, name) for name in _LOADER_ARGS if hasattr(loader, name) and name not in leave_out}
+    if kwargs.get("num_workers", 0) == 0:
+        kwargs.pop("prefetch_factor", None)
+        kwargs.pop("persistent_workers", None)
+    return kwargs
+
+
 def rebuild_dataloader(loader: DataLoader, sampler=None, shuffle: Optional[bool] = None, **overrides) -> DataLoader:
     """A new ``DataLoader`` over the same dataset and settings with another sampler.
 
@@ -113,13 +123,7 @@ def rebuild_dataloader(loader: DataLoader, sampler=None, shuffle: Optional[bool]
         raise MisconfigurationError(f"cannot replace the sampler of a {type(loader).__name__}; pass a DataLoader")
     if isinstance(loader.dataset, IterableDataset):
         return loader
-    kwargs = {}
-    for name in _LOADER_ARGS:
-        if hasattr(loader, name):
-            kwargs[name] = getattr(loader, name)
-    if kwargs.get("num_workers", 0) == 0:
-        kwargs.pop("prefetch_factor", None)
-        kwargs.pop("persistent_workers", None)
+    kwargs = loader_settings(loader)
     if sampler is None:
         sampler = SequentialSampler(loader.dataset) if shuffle is False else loader.sampler
     batch_size = loader.batch_size

@@ -144,19 +144,15 @@ def _recording_indices(loader):
     indices cannot be known (not a DataLoader, an IterableDataset, no batch sampler), with a warning."""
     from torch.utils.data import DataLoader, IterableDataset
 
-    from .data import _LOADER_ARGS
+    from .data import loader_settings
     from .utils import rank_zero_warn
 
     if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset) or loader.batch_sampler is None:
         rank_zero_warn(f"Couldn't infer the batch indices fetched from your dataloader: `{type(loader).__name__}` "
                        f"(a BasePredictionWriter gets empty batch_indices)")
         return loader, None
-    kwargs = {name: getattr(loader, name) for name in _LOADER_ARGS if hasattr(loader, name) and name != "drop_last"}
-    if kwargs.get("num_workers", 0) == 0:
-        kwargs.pop("prefetch_factor", None)
-        kwargs.pop("persistent_workers", None)
     seen = _SeenBatches(loader.batch_sampler)
-    return DataLoader(loader.dataset, batch_sampler=seen, **kwargs), seen
+    return DataLoader(loader.dataset, batch_sampler=seen, **loader_settings(loader, leave_out=("drop_last",))), seen
 
 
 def _logged_names(results: Results) -> set:

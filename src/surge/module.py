@@ -38,10 +38,18 @@ class Module(HyperparametersMixin, nn.Module):
                 return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
     """
 
+    # torch.jit.script compiles a module's properties unless they are listed here; these read the
+    # Trainer or Python-only state and mean nothing inside a TorchScript program.
+    __jit_unused_properties__ = [
+        "trainer", "automatic_optimization", "device", "on_gpu", "dtype", "current_epoch", "global_step",
+        "global_rank", "local_rank", "logger", "loggers", "hparams", "example_input_array",
+    ]
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # Plain attributes set with object.__setattr__ so nn.Module does not register them.
         object.__setattr__(self, "_trainer", None)
+        object.__setattr__(self, "_example_input_array", None)
         object.__setattr__(self, "_automatic_optimization", True)
         object.__setattr__(self, "_warned_no_trainer", False)
 
@@ -87,6 +95,20 @@ class Module(HyperparametersMixin, nn.Module):
             if t.is_floating_point():
                 return t.dtype
         return torch.get_default_dtype()
+
+    @property
+    def example_input_array(self):
+        """A sample input for ``forward``, used by the exports when they are given none: a tensor is
+        ``forward``'s one argument, a tuple its positional arguments, a dict its keyword arguments.
+
+        Example: ``self.example_input_array = torch.zeros(1, 28 * 28)`` in ``__init__``, then
+        ``model.to_onnx("model.onnx")``.
+        """
+        return self.__dict__.get("_example_input_array")
+
+    @example_input_array.setter
+    def example_input_array(self, example) -> None:
+        object.__setattr__(self, "_example_input_array", example)
 
     @property
     def current_epoch(self) -> int:
@@ -384,6 +406,66 @@ class Module(HyperparametersMixin, nn.Module):
             scheduler.step()
         else:
             scheduler.step(metric)
+
+    # ------------------------------------------------------------------ exports (see surge/export.py)
+    def to_onnx(self, file_path=None, input_sample=None, **kwargs):
+        """Save the module as an ONNX model with ``torch.onnx.export`` (needs ``pip install 'surge[onnx]'``).
+
+        Args:
+            file_path: a path (str or PathLike) or a writable binary file; None saves nothing.
+            input_sample: the input to export with; None uses :attr:`example_input_array`.
+            **kwargs: passed to ``torch.onnx.export``; e.g. ``dynamo=False`` picks the TorchScript-based
+                exporter, ``dynamic_shapes=`` / ``dynamic_axes=`` a variable batch size.
+
+        Returns torch's result: an ``ONNXProgram`` from the ``torch.export``-based exporter (torch's
+        default since 2.9), None from the TorchScript-based one. The export runs in eval mode.
+
+        Example::
+
+            model.to_onnx("model.onnx", torch.randn(1, 64))
+            session = onnxruntime.InferenceSession("model.onnx")
+        """
+        from .export import to_onnx
+
+        return to_onnx(self, file_path, input_sample, **kwargs)
+
+    def to_torchscript(self, file_path=None, method: Optional[str] = "script", example_inputs=None, **kwargs):
+        """Compile the module to a ``torch.jit.ScriptModule`` (in eval mode) and return it.
+
+        Args:
+            file_path: where to ``torch.jit.save`` it (a path or a writable file); None saves nothing.
+            method: ``"script"`` (``torch.jit.script``, the default) or ``"trace"`` (``torch.jit.trace``
+                with ``example_inputs``, else :attr:`example_input_array`).
+            **kwargs: passed to ``torch.jit.script`` / ``torch.jit.trace``.
+
+        PyTorch deprecates TorchScript; :meth:`to_exported_program` is the ``torch.export`` route.
+
+        Example::
+
+            model.to_torchscript("model.pt")
+            same = torch.jit.load("model.pt")
+        """
+        from .export import to_torchscript
+
+        return to_torchscript(self, file_path, method, example_inputs, **kwargs)
+
+    def to_exported_program(self, file_path=None, input_sample=None, **kwargs):
+        """Capture the module with ``torch.export.export`` (in eval mode) and return the ``ExportedProgram``
+        (surge's own; Lightning has no such method).
+
+        Args:
+            file_path: where to ``torch.export.save`` it (conventionally ``.pt2``); None saves nothing.
+            input_sample: the input to export with; None uses :attr:`example_input_array`.
+            **kwargs: passed to ``torch.export.export``, e.g. ``dynamic_shapes=``, ``strict=``.
+
+        Example::
+
+            model.to_exported_program("model.pt2", torch.randn(4, 64))
+            out = torch.export.load("model.pt2").module()(torch.randn(4, 64))
+        """
+        from .export import to_exported_program
+
+        return to_exported_program(self, file_path, input_sample, **kwargs)
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod

@@ -13,6 +13,7 @@ import inspect
 import logging
 import os
 import re
+import sys
 import warnings
 from datetime import timedelta
 from typing import Any, Optional
@@ -389,7 +390,14 @@ def build_callbacks(callbacks, checkpointing: bool, progress_bar: bool, model_su
     if not progress_bar:
         items = [cb for cb in items if not isinstance(cb, ProgressBar)]
     if model_summary and not any(isinstance(cb, ModelSummary) for cb in items):
-        items.append(ModelSummary())
+        # With the rich progress bar the summary is rich too, as in Lightning (its module is loaded only if used).
+        rich_bar = sys.modules.get("surge.callbacks.rich_progress")
+        if rich_bar is not None and any(isinstance(cb, rich_bar.RichProgressBar) for cb in items):
+            from .callbacks import RichModelSummary
+
+            items.append(RichModelSummary())
+        else:
+            items.append(ModelSummary())
     # Checkpointing runs last, so it sees what every other callback did to the state.
     return [cb for cb in items if not isinstance(cb, ModelCheckpoint)] + \
            [cb for cb in items if isinstance(cb, ModelCheckpoint)]

@@ -139,15 +139,22 @@ def kill_after_start(pid, log, delay, steps=0):
     """SIGKILL ``pid`` ``delay`` seconds after it appended its start to ``log`` and (``steps``) reached that
     many steps beyond its start: progress, not time, so that a loaded machine moves the kills too."""
     before, deadline = len(lines(log)), time.time() + 60
+    reaped = []  # the exit status, when the process ended by itself while we polled (waitpid reaps it)
 
     def waiting(done):
-        while not done() and time.time() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
+        while not reaped and not done() and time.time() < deadline:
+            got, status = os.waitpid(pid, os.WNOHANG)
+            if got:
+                reaped.append(os.waitstatus_to_exitcode(status))
+                return
             time.sleep(0.005)
 
     waiting(lambda: len(lines(log)) > before)
-    if steps and len(lines(log)) > before:
+    if steps and not reaped and len(lines(log)) > before:
         target = lines(log)[-1]["start"] + steps
         waiting(lambda: os.path.exists(log + ".step") and int(open(log + ".step").read() or 0) >= target)
+    if reaped:
+        return reaped[0]
     time.sleep(delay)
     try:
         os.kill(pid, signal.SIGKILL)

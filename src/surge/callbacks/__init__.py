@@ -8,11 +8,15 @@ from .lr_monitor import LearningRateMonitor
 from .model_summary import ModelSummary
 from .on_exception_checkpoint import OnExceptionCheckpoint
 from .prediction_writer import BasePredictionWriter
+from .pruning import ModelPruning
+from .rich_model_summary import RichModelSummary
+from .swa import StochasticWeightAveraging
 from .progress import ProgressBar, TQDMProgressBar
 from .timer import Timer
 
 __all__ = ["Callback", "ModelCheckpoint", "EarlyStopping", "BaseFinetuning", "BackboneFinetuning", "LearningRateMonitor", "ModelSummary", "ProgressBar",
            "TQDMProgressBar", "GradientAccumulationScheduler", "OnExceptionCheckpoint", "BasePredictionWriter", "Timer",
+           "StochasticWeightAveraging", "ModelPruning", "RichModelSummary",
            "DeviceStatsMonitor", "ThroughputMonitor", "RichProgressBar"]
 
 # Imported on first use: their modules pull in psutil, rich or the FLOP counter only when used.

@@ -289,6 +289,9 @@ class ModelCheckpoint(Callback):
                     trainer.strategy.remove_checkpoint(path)  # rank 0; a sharded checkpoint is a folder
             if previous_last and previous_last != last_path and self._ours_to_remove(trainer, previous_last):
                 trainer.strategy.remove_checkpoint(previous_last)
+            if trainer.is_global_zero:  # e.g. WandbLogger(log_model="all") uploads the new files
+                for lg in trainer.loggers:
+                    trainer._logger_guard.call(lg, "after_save_checkpoint", self)
         trainer.strategy.barrier("ModelCheckpoint")
 
     def _update_top_k(self, trainer, metrics) -> tuple:

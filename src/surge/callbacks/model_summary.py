@@ -4,8 +4,9 @@ from __future__ import annotations
 from .base import Callback
 
 
-def summarize(module, max_depth: int = 1) -> str:
-    """A text table of ``module``'s submodules down to ``max_depth``: name, type, parameters."""
+def summary_data(module, max_depth: int = 1) -> tuple[list[tuple[str, str, int]], int, int, float]:
+    """What a summary shows: ``(name, type, parameters)`` of each submodule down to ``max_depth``, then the
+    total and trainable parameter counts and the parameters' size in MB."""
     rows = []
     for name, sub in module.named_modules():
         depth = name.count(".") + 1 if name else 0
@@ -15,6 +16,12 @@ def summarize(module, max_depth: int = 1) -> str:
     total = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
     size_mb = sum(p.numel() * p.element_size() for p in params) / 1e6
+    return rows, total, trainable, size_mb
+
+
+def summarize(module, max_depth: int = 1) -> str:
+    """A text table of ``module``'s submodules down to ``max_depth``: name, type, parameters."""
+    rows, total, trainable, size_mb = summary_data(module, max_depth)
     lines = []
     if rows:
         w_name = max(4, *(len(r[0]) for r in rows))

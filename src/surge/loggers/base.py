@@ -123,6 +123,11 @@ class Logger:
         """Flush and close at the end of a run; ``status`` is "success", "failed" or "interrupted"."""
         self.save()
 
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        """ModelCheckpoint ``checkpoint_callback`` has written a checkpoint (called on global rank 0); a logger
+        that uploads checkpoints (:class:`WandbLogger`) reads its ``last_model_path``, ``best_k_models``, ...
+        (no-op in the base class)."""
+
     # ------------------------------------------------------------------ resume
     def resume_after(self, step: int) -> None:
         """The run resumed from a checkpoint of global step ``step`` (the Trainer calls it at the start of a

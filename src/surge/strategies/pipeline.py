@@ -40,7 +40,7 @@ from .ddp import DDP
 from .model_parallel import StageModule, find_body, keep_only, plan_split
 from .pipeline_fsdp import (DATA_PARALLEL, full_optimizer_state, full_state, gradients_kept, like, local,
                             shard_optimizer_state, shard_stages)
-from .pipeline_steps import MicroStep, call_step, detached_to, recording, replay_logs, split_batch
+from .pipeline_steps import FromLast, MicroStep, call_step, recording, replay_logs, split_batch
 from .strategy import Strategy, register
 
 # Our name -> (torch class, holds several stages per rank, how stages map onto ranks).
@@ -128,6 +128,7 @@ class Pipeline(DDP):
         self._schedules: dict = {}
         self._sync = True
         self._micro: Optional[MicroStep] = None  # the training batch now in the schedule
+        self._from_last_channel = FromLast()
 
     # ------------------------------------------------------------------ set-up
     def configure(self, accelerator, device_ids, num_nodes, precision) -> None:
@@ -288,9 +289,10 @@ class Pipeline(DDP):
 
     def _from_last(self, payload):
         """``payload`` (the step's result and its logs) from the last stage, on every stage of the pipeline."""
-        box = [detached_to(payload, torch.device("cpu")) if self.is_last else None]
-        dist.broadcast_object_list(box, src=self._last_src, group=self.pp_group, device=self._collective_device())
-        return payload if self.is_last else detached_to(box[0], self.root_device)
+        if self.pp == 1:
+            return payload
+        return self._from_last_channel.send(payload, self.is_last, self._last_src, self.pp_group,
+                                            self._collective_device(), self.root_device)
 
     def _schedule(self, training: bool, inputs: torch.Tensor):
         """A schedule (and its PipelineStages) per mode and batch shape: torch's stages size their

@@ -248,3 +248,79 @@ def _one_call(step: str, what: str) -> str:
             f"process holds only its stage of the model, and self(...) there returns the last stage's output; "
             f"{step} {what}. Call self(x) exactly once, not a submodule (self.model(x), self.blocks[0](h)), and "
             f"define pipeline_inputs(self, batch) if x is not batch[0]")
+
+
+class FromLast:
+    """What a step left on the last stage (its result and logs) sent to every stage of its pipeline, each step.
+
+    ``broadcast_object_list`` pickles and makes two broadcasts (size, then bytes): on a 2-vCPU VM with gloo
+    that cost 2.5-3.5 ms a step, more than a small model's stage computes at one micro-batch, and every
+    stage waits for it (it showed up as bubble, see ``benchmarks/pipeline_bubble.py``). A training step
+    leaves the same thing each batch, though: a scalar loss and the same names logged with the same options.
+    So the first time a step leaves something of a new *layout* (the result's kind, each log's name, dtype
+    and options), it goes as an object together with that layout, which every stage keeps in the same list;
+    after that, one broadcast of a small float64 tensor carries the layout's index and the values. Anything
+    else (a prediction, a dict, more values than fit) still goes as an object.
+    """
+
+    CAPACITY = 32   # values the tensor carries: the result and up to 31 logged values
+    LAYOUTS = 64    # layouts kept; more (a batch_size that changes every step, say) go as objects
+
+    def __init__(self) -> None:
+        self.layouts: list = []  # the same list on every stage of the pipeline, in the order first sent
+        self._index: dict = {}  # layout -> its place in ``layouts`` (the last stage looks layouts up)
+
+    def send(self, payload, is_last: bool, src: int, group, device: torch.device, to: torch.device):
+        """``payload`` ((result, logs), from the last stage) on every stage, on device ``to``; ``device`` is
+        the one the collective runs on (the accelerator under NCCL, the CPU under gloo)."""
+        wire = torch.full((1 + self.CAPACITY,), -1.0, dtype=torch.float64, device=device)  # [0] = -1: an object follows
+        layout = None
+        if is_last:
+            layout = _layout(payload)
+            if layout is not None and len(layout[1]) >= self.CAPACITY:
+                layout = None  # too many values for the tensor: goes as an object, and is not kept
+            if layout in self._index:
+                result, logs = payload
+                values = [torch.zeros(()) if result is None else result] + [value for _, value, _ in logs]
+                wire[0] = float(self._index[layout])
+                wire[1:1 + len(values)] = torch.stack([v.detach().to(device, torch.float64) for v in values])
+        dist.broadcast(wire, src=src, group=group)
+        index = int(wire[0])
+        if index < 0:
+            keep = layout is not None and len(self.layouts) < self.LAYOUTS
+            box = [(detached_to(payload, torch.device("cpu")), layout if keep else None) if is_last else None]
+            dist.broadcast_object_list(box, src=src, group=group, device=device)
+            sent, new = box[0]
+            if new is not None:
+                self._index[new] = len(self.layouts)
+                self.layouts.append(new)
+            return payload if is_last else detached_to(sent, to)
+        if is_last:
+            return payload
+        kind, entries = self.layouts[index]
+        values = wire[1:2 + len(entries)].to(to)
+        result = None if kind is None else values[0].to(kind)
+        logs = [(name, values[1 + i].to(dtype), dict(options)) for i, (name, dtype, options) in enumerate(entries)]
+        return result, logs
+
+
+def _layout(payload) -> Optional[tuple]:
+    """(the result's dtype or None, ((name, dtype, options), ...) of each log) when the result is ``None`` or a
+    floating scalar and the logs are floating scalars; otherwise ``None`` (the payload goes as an object)."""
+    result, logs = payload
+    if result is None:
+        kind = None
+    elif isinstance(result, torch.Tensor) and result.dim() == 0 and result.is_floating_point():
+        kind = result.dtype
+    else:
+        return None
+    entries = []
+    for name, value, options in logs:
+        if value.dim() or not value.is_floating_point():
+            return None
+        entries.append((name, value.dtype, tuple(sorted(options.items()))))
+    try:
+        hash(tuple(entries))
+    except TypeError:  # an option that cannot be compared as a key (none of self.log's are, today)
+        return None
+    return kind, tuple(entries)

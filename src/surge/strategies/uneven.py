@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from torch.utils.data import DataLoader
 
-from ..data import _LOADER_ARGS
+from ..data import loader_settings
 
 
 class EvenBatchesLoader(DataLoader):
@@ -53,10 +53,6 @@ class EvenBatchesLoader(DataLoader):
 
 def even_batches(loader, strategy):
     """``loader`` rebuilt as an :class:`EvenBatchesLoader` (the user's own loader object is left untouched)."""
-    kwargs = {name: getattr(loader, name) for name in _LOADER_ARGS if hasattr(loader, name)}
-    if kwargs.get("num_workers", 0) == 0:
-        kwargs.pop("prefetch_factor", None)
-        kwargs.pop("persistent_workers", None)
-    even = EvenBatchesLoader(loader.dataset, batch_size=loader.batch_size, **kwargs)
+    even = EvenBatchesLoader(loader.dataset, batch_size=loader.batch_size, **loader_settings(loader))
     even.surge_strategy = strategy
     return even

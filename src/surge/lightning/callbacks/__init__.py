@@ -13,10 +13,14 @@ from .model_summary import ModelSummary
 from .on_exception_checkpoint import OnExceptionCheckpoint
 from .prediction_writer import BasePredictionWriter
 from .progress import ProgressBar, TQDMProgressBar
+from .pruning import ModelPruning
+from .rich_model_summary import RichModelSummary
+from .stochastic_weight_avg import StochasticWeightAveraging
 from .timer import Timer
 
 __all__ = ["Callback", "EarlyStopping", "BaseFinetuning", "BackboneFinetuning", "LearningRateMonitor", "ModelCheckpoint", "ModelSummary", "ProgressBar",
            "TQDMProgressBar", "GradientAccumulationScheduler", "OnExceptionCheckpoint", "BasePredictionWriter", "Timer",
+           "StochasticWeightAveraging", "ModelPruning", "RichModelSummary",
            "DeviceStatsMonitor", "ThroughputMonitor", "RichProgressBar"]
 
 

@@ -9,7 +9,7 @@ from .tensorboard import TensorBoardLogger
 
 LightningLoggerBase = Logger
 
-__all__ = ["CSVLogger", "Logger", "LightningLoggerBase", "TensorBoardLogger", "MLFlowLogger"]
+__all__ = ["CSVLogger", "Logger", "LightningLoggerBase", "TensorBoardLogger", "MLFlowLogger", "WandbLogger"]
 
 
 def __getattr__(name: str):
@@ -18,4 +18,9 @@ def __getattr__(name: str):
 
         globals()[name] = MLFlowLogger
         return MLFlowLogger
+    if name == "WandbLogger":
+        from .wandb import WandbLogger
+
+        globals()[name] = WandbLogger
+        return WandbLogger
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
