@@ -7,6 +7,8 @@ The data lives on the GPU already (a list of device tensors), so the input pipel
 measured. Lightning (``lightning.pytorch`` or ``pytorch_lightning``) joins when installed.
 
 ``--json PATH`` writes the results for benchmarks/gpu_check.sh (also when there is no GPU: "needs CUDA").
+A run that raises is reported as an error (the others still run) and makes the exit status 1; without
+CUDA the script says "needs CUDA" and exits 0.
 
 Usage: python benchmarks/cuda_graph.py [--pairs 5] [--steps 500] [--batch 64] [--width 256] [--json PATH]
 """
@@ -16,12 +18,14 @@ import os
 import statistics
 import sys
 import time
+import traceback
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lightning_import import NOT_INSTALLED, import_lightning, lightning_label
+
 
 def make(width: int):
     torch.manual_seed(0)
@@ -109,7 +113,7 @@ def write(path, result) -> None:
             json.dump(result, f, indent=1)
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--pairs", type=int, default=5)
     p.add_argument("--steps", type=int, default=500)
@@ -121,8 +125,9 @@ def main() -> None:
     print(f"cuda_graph.py: tiny MLP per step, torch {torch.__version__}", flush=True)
     if not torch.cuda.is_available():
         write(a.json, dict(result, status="needs CUDA", device="no CUDA device"))
-        sys.exit("needs CUDA: cuda_graph.py measures CUDA graphs and none is available here "
-                 "(benchmarks/step_overhead.py is the CPU per-step benchmark)")
+        print("needs CUDA: cuda_graph.py measures CUDA graphs and none is available here "
+              "(benchmarks/step_overhead.py is the CPU per-step benchmark)")
+        return 0
     device = torch.device("cuda", 0)
     L = import_lightning()
     runs = {"plain loop": lambda d: plain(d, a.width, device), "surge fit": lambda d: with_surge(d, a.width, False),
@@ -130,31 +135,47 @@ def main() -> None:
     if L is not None:
         runs["lightning fit"] = lambda d: with_lightning(L, d, a.width)
     data = batches(a.steps, a.batch, device)
-    for run in runs.values():
-        run(data[:50])  # warm-up: CUDA context, cuBLAS handles, the first graph capture
+    failed = {}  # run -> why: a run that raises is reported as an error and left out of the next rounds
+    for name, run in list(runs.items()):
+        try:
+            run(data[:50])  # warm-up: CUDA context, cuBLAS handles, the first graph capture
+        except Exception as err:  # noqa: BLE001 - one broken run must not hide the others' numbers
+            traceback.print_exc()
+            failed[name] = f"{type(err).__name__}: {err}"[:300]
+            del runs[name]
     times = {name: [] for name in runs}
     peaks = {name: 0 for name in runs}
     for _ in range(a.pairs):
-        for name, run in runs.items():
+        for name, run in list(runs.items()):
             torch.cuda.reset_peak_memory_stats(device)
-            times[name].append(run(data))
+            try:
+                times[name].append(run(data))
+            except Exception as err:  # noqa: BLE001
+                traceback.print_exc()
+                failed[name] = f"{type(err).__name__}: {err}"[:300]
+                del runs[name], times[name]
+                continue
             peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated(device))
-    base = statistics.median(times["plain loop"])
+    base = statistics.median(times["plain loop"]) if "plain loop" in times else None
     name = torch.cuda.get_device_name(device)
     print(f"{name}, torch {torch.__version__}, MLP width {a.width}, batch {a.batch}, {a.steps} steps x {a.pairs} rounds")
     for run, ts in times.items():
         med = statistics.median(ts)
-        print(f"{run:<18} {med * 1e6:8.1f} us/step   ratio to plain {med / base:.3f}   "
+        ratio = med / base if base else None
+        print(f"{run:<18} {med * 1e6:8.1f} us/step   ratio to plain {ratio if ratio is None else f'{ratio:.3f}'}   "
               f"peak {peaks[run] / 2**20:.0f} MiB")
-        result["rows"].append({"run": run, "status": "ok", "us_per_step": med * 1e6, "ratio": med / base,
+        result["rows"].append({"run": run, "status": "ok", "us_per_step": med * 1e6, "ratio": ratio,
                                "peak_mem_mib": peaks[run] / 2**20})
+    for run, why in failed.items():
+        print(f"{run:<18} error: {why}")
+        result["rows"].append({"run": run, "status": "error", "detail": why})
     if L is None:
         print(f"lightning fit: {NOT_INSTALLED}")
         result["rows"].append({"run": "lightning fit", "status": NOT_INSTALLED})
     else:
         result["lightning"] = lightning_label(L)
     write(a.json, dict(result, status="ok", device=name, config=vars(a)))
-
+    return 1 if failed else 0
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

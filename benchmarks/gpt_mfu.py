@@ -11,7 +11,9 @@ careful Lightning user adds by hand: fused AdamW, TF32, and ``torch.compile(modu
 
 Each run is bounded by ``--run-timeout`` seconds (an alarm: it ends a run stuck in Python, such as a
 compile, and the next run goes on) and reports its peak GPU memory; a run that runs out of memory is
-reported as OOM. ``--json PATH`` writes the results for benchmarks/gpu_check.sh after every run.
+reported as OOM. ``--json PATH`` writes the results for benchmarks/gpu_check.sh after every run. The exit
+status is 1 when a run ended in a timeout, OOM or error (Lightning not installed is not a failure), and 0
+without CUDA (the script says "needs CUDA").
 
 FLOPs per token: 6 N + 12 L d T (N: parameters outside the embeddings; PaLM's MFU convention, as
 nanoGPT); the peak is the device's dense bf16 peak (surge.callbacks.throughput.DEVICE_PEAK_TFLOPS).
@@ -184,7 +186,7 @@ def measure(fn, c, a, device, compiled, fpt, peak) -> dict:
     return row
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=30)
@@ -213,8 +215,9 @@ def main() -> None:
     if not cuda and not a.tiny:
         save(status="needs CUDA", device="no CUDA device",
              rows=[{"run": r, "compiled": m, "status": "needs CUDA"} for m in modes for r in runs])
-        sys.exit("needs CUDA: gpt_mfu.py measures a GPT-2-small in bf16 on a CUDA GPU and none is available here; "
-                 "run it on a GPU machine, or pass --tiny to check the script on this CPU")
+        print("needs CUDA: gpt_mfu.py measures a GPT-2-small in bf16 on a CUDA GPU and none is available here; "
+              "run it on a GPU machine, or pass --tiny to check the script on this CPU")
+        return 0
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
     c = config(a.tiny)
     if a.tiny:
@@ -252,7 +255,9 @@ def main() -> None:
             gc.collect()
             if cuda:
                 torch.cuda.empty_cache()
+    failed = [r for r in result["rows"] if r["status"] not in ("ok", NOT_INSTALLED)]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,9 +11,12 @@
 # OUT: where logs/, json/, steps.tsv and gpu_check.md go (default: a new temporary directory, named at the end).
 # PYTHON: the interpreter (default: python, else python3). GPU_CHECK_BUDGET: seconds for all steps (440).
 # Needs torch with CUDA, numpy, and optionally Lightning and nvidia-ml-py; never installs or downloads anything.
-# Every step is bounded by `timeout`; one that runs past its limit shows "timeout" and the script goes on.
-# A step that would start with less than 20 s of the budget left is not started ("no time").
-# On a machine without CUDA every step still starts and reports "needs CUDA"; the script exits 0 either way.
+# Every step is bounded by `timeout` (TERM at its limit, KILL 5 s later); one that runs past its limit shows
+# "timeout" and the script goes on. A step that would start with less than 20 s of the budget left is not
+# started ("no time"), and no step's limit reaches past the budget, so the whole script takes at most
+# BUDGET + 5 + 15 s (the report's limit): 460 s by default, under 8 minutes.
+# On a machine without CUDA every step still starts and reports "needs CUDA".
+# Exit status: 0 when every step is ok or "needs CUDA", 1 when one failed, timed out or was not started.
 set -u
 
 cd "$(dirname "$0")/.." || exit 1
@@ -25,6 +28,8 @@ mkdir -p "$OUT/logs" "$OUT/json" || exit 1
 BUDGET=${GPU_CHECK_BUDGET:-440}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
+KILL_AFTER=5
+REPORT_LIMIT=15
 STEPS="$OUT/steps.tsv"
 printf 'step\trc\tseconds\tlimit\n' > "$STEPS"
 START=$SECONDS
@@ -42,15 +47,17 @@ step() {
     fi
     [ "$limit" -gt "$left" ] && limit=$left
     echo "== $name (at most $limit s)"
+    rm -f "$OUT/json/$name.json"  # a result left by an earlier run into the same OUT must not stand for this one
     local t0=$SECONDS
-    timeout -k 10 "$limit" "$@" > "$OUT/logs/$name.log" 2>&1
+    timeout -k "$KILL_AFTER" "$limit" "$@" > "$OUT/logs/$name.log" 2>&1
     local rc=$?
     printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - t0))" "$limit" >> "$STEPS"
     tail -n 3 "$OUT/logs/$name.log" | sed 's/^/   /'
 }
 
 echo "gpu_check: logs and tables under $OUT; budget ${BUDGET} s; $($PYTHON --version 2>&1)"
-command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+command -v nvidia-smi >/dev/null 2>&1 &&
+    timeout -k 2 10 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 # Budget on an H100 (estimates, not yet measured): checks ~90 s (the compile check most of it), MLP ~30 s,
 # GPT eager ~40 s, GPT compiled ~60-90 s for the first compile and less for the next two (the inductor
@@ -65,6 +72,9 @@ for run in plain surge lightning; do
         --json "$OUT/json/gpt-compiled-$run.json"
 done
 
-timeout 60 "$PYTHON" benchmarks/gpu_check_report.py "$OUT" || echo "gpu_check: the report failed (rc $?); see $OUT"
+timeout -k 2 "$REPORT_LIMIT" "$PYTHON" benchmarks/gpu_check_report.py "$OUT"
+rc=$?
+[ "$rc" -gt 1 ] && echo "gpu_check: the report itself failed (rc $rc); see $OUT"
 echo "gpu_check: $((SECONDS - START)) s in all; table in $OUT/gpu_check.md, logs in $OUT/logs"
-exit 0
+[ "$rc" -eq 0 ] && exit 0
+exit 1

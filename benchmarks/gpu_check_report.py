@@ -4,6 +4,9 @@ table (markdown) and writes it to OUT/gpu_check.md. Needs only the standard libr
 A cell says why it has no number: "needs CUDA", "Lightning not installed", "OOM", "timeout" (the step
 or the run ran past its limit), "no time" (the script's budget was spent before the step), "error".
 
+The exit status is 0 when every step is "ok" or "needs CUDA", 1 otherwise (a failed, timed-out or unstarted
+step, or no steps at all).
+
 Usage: python benchmarks/gpu_check_report.py OUT
 """
 import csv
@@ -34,7 +37,8 @@ def read_json(out: str, name: str):
 
 
 def step_status(step, result) -> str:
-    """One word for how a step ended: ok, needs CUDA, timeout, no time, failed, error (rc N), not run."""
+    """One phrase for how a step ended: ok, needs CUDA, timeout, no time, failed (rc N), error (rc N, no
+    result), not run. Only a step that exited 0 and wrote its result is "ok" (or "needs CUDA")."""
     if step is None:
         return "not run"
     rc = step["rc"]
@@ -42,13 +46,24 @@ def step_status(step, result) -> str:
         return "no time"
     if rc in (124, 137):
         return "timeout"
-    if result is not None and result.get("status") == "needs CUDA":
-        return "needs CUDA"
     if result is None:
         return f"error (rc {rc}, no result)"
-    if rc == 0:
-        return "ok"
-    return "failed" if result.get("part") == "tests" else f"error (rc {rc})"
+    if rc != 0:
+        return f"failed (rc {rc})"
+    return "needs CUDA" if result.get("status") == "needs CUDA" else "ok"
+
+
+def passed(status: str) -> bool:
+    """Whether a step's status leaves the run clean (the script's exit status is 1 otherwise)."""
+    return status in ("ok", "needs CUDA")
+
+
+def counts(statuses) -> str:
+    """"3 ok, 2 needs CUDA, 1 failed (rc 1)": how many of each, in the order first seen."""
+    seen = {}
+    for s in statuses:
+        seen[s] = seen.get(s, 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in seen.items()) or "none"
 
 
 def fmt(value, spec: str) -> str:
@@ -73,9 +88,7 @@ def checks_section(steps, out) -> list:
             rows.append([name, status if status != "ok" else "not reached", "-", ""])
     if not rows:
         rows.append(["(all checks)", status, "-", "see logs/tests.log"])
-    counts = {k: sum(r[1] == k for r in rows) for k in ("pass", "fail", "skip")}
-    title = (f"## Checks (tests/gpu_checks.py): {counts['pass']} pass, {counts['fail']} fail, "
-             f"{counts['skip']} skip; step {status}")
+    title = f"## Checks (tests/gpu_checks.py): {counts(r[1] for r in rows)}; step {status}"
     return [title, ""] + table(["check", "result", "s", "detail"], rows)
 
 
@@ -128,10 +141,10 @@ def gpt_section(steps, out) -> list:
 def steps_section(steps, out) -> list:
     rows = []
     for name, s in steps.items():
-        result = read_json(out, name)
-        rows.append([name, step_status(s, result), s["seconds"], s["limit"], f"logs/{name}.log"])
+        rows.append([name, step_status(s, read_json(out, name)), s["seconds"], s["limit"], f"logs/{name}.log"])
     total = sum(s["seconds"] for s in steps.values())
-    return [f"## Steps: {total} s in all", ""] + table(["step", "status", "s", "limit s", "log"], rows)
+    return [f"## Steps: {len(rows)} in {total} s: {counts(r[1] for r in rows)}", ""] + table(
+        ["step", "status", "s", "limit s", "log"], rows)
 
 
 def header(out) -> list:
@@ -144,17 +157,19 @@ def header(out) -> list:
             f"device: {device or '?'}; torch {torch or '?'}; Lightning: {lightning or 'not installed or not run'}"]
 
 
-def main() -> None:
+def main() -> int:
     out = sys.argv[1]
     steps = read_steps(out)
+    statuses = [step_status(s, read_json(out, name)) for name, s in steps.items()]
     lines = header(out)
+    lines += ["", f"steps: {counts(statuses)}" + ("" if all(map(passed, statuses)) else " (not all passed)")]
     for section in (checks_section, mlp_section, gpt_section, steps_section):
         lines += [""] + section(steps, out)
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "gpu_check.md"), "w") as f:
         f.write(text)
     print(text, end="")
-
+    return 0 if statuses and all(map(passed, statuses)) else 1
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

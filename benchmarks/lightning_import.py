@@ -11,11 +11,15 @@ NOT_INSTALLED = "Lightning not installed"
 
 
 def import_lightning():
-    """``lightning.pytorch`` or ``pytorch_lightning`` (the first that imports), quietened; None if neither."""
+    """``lightning.pytorch`` or ``pytorch_lightning`` (the first that imports), quietened; None if neither.
+
+    Any exception from the import counts as "not installed" (a Lightning built for another torch may raise
+    something other than ImportError): the benchmark then reports its Lightning side as missing, not crash.
+    """
     for name in ("lightning.pytorch", "pytorch_lightning"):
         try:
             module = importlib.import_module(name)
-        except ImportError:
+        except Exception:  # noqa: BLE001 - see the docstring
             continue
         # its start-up lines ("GPU available", "LOCAL_RANK") and its advice about workers are noise here
         for logger in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric"):
