@@ -20,11 +20,32 @@ import sys
 import time
 import traceback
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from cuda_probe import exit_if_no_cuda
 
-from lightning_import import NOT_INSTALLED, import_lightning, lightning_label
+NO_CUDA = ("measures CUDA graphs and none is available here "
+           "(benchmarks/step_overhead.py is the CPU per-step benchmark)")
+
+
+def parse_args():
+    p = argparse.ArgumentParser()
+    p.add_argument("--pairs", type=int, default=5)
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--json", help="write the results to this file (for benchmarks/gpu_check.sh)")
+    return p.parse_args()
+
+
+if __name__ == "__main__":  # before torch's import (seconds): without CUDA the script is done in milliseconds
+    _args = parse_args()
+    exit_if_no_cuda("cuda_graph.py", _args.json, {"part": "mlp", "started": True, "pid": os.getpid(), "rows": []},
+                    NO_CUDA)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from lightning_import import NOT_INSTALLED, import_lightning, lightning_label  # noqa: E402
 
 
 def make(width: int):
@@ -114,19 +135,12 @@ def write(path, result) -> None:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--pairs", type=int, default=5)
-    p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--json", help="write the results to this file (for benchmarks/gpu_check.sh)")
-    a = p.parse_args()
+    a = parse_args()
     result = {"part": "mlp", "started": True, "pid": os.getpid(), "torch": torch.__version__, "rows": []}
     print(f"cuda_graph.py: tiny MLP per step, torch {torch.__version__}", flush=True)
     if not torch.cuda.is_available():
         write(a.json, dict(result, status="needs CUDA", device="no CUDA device"))
-        print("needs CUDA: cuda_graph.py measures CUDA graphs and none is available here "
-              "(benchmarks/step_overhead.py is the CPU per-step benchmark)")
+        print(f"needs CUDA: cuda_graph.py {NO_CUDA} (torch sees no CUDA device)")
         return 0
     device = torch.device("cuda", 0)
     L = import_lightning()

@@ -30,13 +30,50 @@ import signal
 import sys
 import time
 
-import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from cuda_probe import exit_if_no_cuda
 
-import surge
-from lightning_import import NOT_INSTALLED, import_lightning, lightning_label
-from surge.demos.gpt import GPT, GPTConfig, GPTModule
+RUN_NAMES = ("plain", "surge", "lightning")
+NO_CUDA = ("measures a GPT-2-small in bf16 on a CUDA GPU and none is available here; "
+           "run it on a GPU machine, or pass --tiny to check the script on this CPU")
+
+
+def parse_args():
+    """The arguments, the runs (checked against RUN_NAMES) and the compile modes."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--compile", choices=("off", "on", "both"), default="both")
+    p.add_argument("--runs", default="plain,surge,lightning", help="comma-separated: plain, surge, lightning")
+    p.add_argument("--run-timeout", type=int, default=300, help="seconds one run may take (compile included)")
+    p.add_argument("--json", help="write the results to this file after every run (for benchmarks/gpu_check.sh)")
+    p.add_argument("--tiny", action="store_true", help="a small config (runs on a CPU; checks the script)")
+    a = p.parse_args()
+    runs = [r.strip() for r in a.runs.split(",") if r.strip()]
+    unknown = sorted(set(runs) - set(RUN_NAMES))
+    if unknown:
+        p.error(f"--runs: unknown {', '.join(unknown)}; accepted: {', '.join(RUN_NAMES)}")
+    modes = {"off": [False], "on": [True], "both": [False, True]}[a.compile]
+    return a, runs, modes
+
+
+def needs_cuda_rows(runs, modes) -> list:
+    return [{"run": r, "compiled": m, "status": "needs CUDA"} for m in modes for r in runs]
+
+
+if __name__ == "__main__":  # before torch's import (seconds): without CUDA the script is done in milliseconds
+    _args, _runs, _modes = parse_args()
+    if not _args.tiny:
+        exit_if_no_cuda("gpt_mfu.py", _args.json, {"part": "gpt", "started": True, "pid": os.getpid(),
+                                                   "rows": needs_cuda_rows(_runs, _modes)}, NO_CUDA)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+import surge  # noqa: E402
+from lightning_import import NOT_INSTALLED, import_lightning, lightning_label  # noqa: E402
+from surge.demos.gpt import GPT, GPTConfig, GPTModule  # noqa: E402
 
 
 def config(tiny: bool) -> GPTConfig:
@@ -150,6 +187,7 @@ def with_lightning(c, a, device, compiled: bool) -> float:
 
 
 RUNS = {"plain": plain, "surge": with_surge, "lightning": with_lightning}
+assert tuple(RUNS) == RUN_NAMES
 
 
 class RunTimeout(Exception):
@@ -187,21 +225,7 @@ def measure(fn, c, a, device, compiled, fpt, peak) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--compile", choices=("off", "on", "both"), default="both")
-    p.add_argument("--runs", default="plain,surge,lightning", help="comma-separated: plain, surge, lightning")
-    p.add_argument("--run-timeout", type=int, default=300, help="seconds one run may take (compile included)")
-    p.add_argument("--json", help="write the results to this file after every run (for benchmarks/gpu_check.sh)")
-    p.add_argument("--tiny", action="store_true", help="a small config (runs on a CPU; checks the script)")
-    a = p.parse_args()
-    runs = [r.strip() for r in a.runs.split(",") if r.strip()]
-    unknown = sorted(set(runs) - set(RUNS))
-    if unknown:
-        p.error(f"--runs: unknown {', '.join(unknown)}; accepted: {', '.join(RUNS)}")
-    modes = {"off": [False], "on": [True], "both": [False, True]}[a.compile]
+    a, runs, modes = parse_args()
     result = {"part": "gpt", "started": True, "pid": os.getpid(), "torch": torch.__version__, "rows": []}
 
     def save(**extra):
@@ -213,10 +237,8 @@ def main() -> int:
     print(f"gpt_mfu.py: runs {','.join(runs)}, compile {a.compile}, torch {torch.__version__}", flush=True)
     cuda = torch.cuda.is_available()
     if not cuda and not a.tiny:
-        save(status="needs CUDA", device="no CUDA device",
-             rows=[{"run": r, "compiled": m, "status": "needs CUDA"} for m in modes for r in runs])
-        print("needs CUDA: gpt_mfu.py measures a GPT-2-small in bf16 on a CUDA GPU and none is available here; "
-              "run it on a GPU machine, or pass --tiny to check the script on this CPU")
+        save(status="needs CUDA", device="no CUDA device", rows=needs_cuda_rows(runs, modes))
+        print(f"needs CUDA: gpt_mfu.py {NO_CUDA} (torch sees no CUDA device)")
         return 0
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
     c = config(a.tiny)

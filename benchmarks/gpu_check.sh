@@ -58,6 +58,12 @@ step() {
 echo "gpu_check: logs and tables under $OUT; budget ${BUDGET} s; $($PYTHON --version 2>&1)"
 command -v nvidia-smi >/dev/null 2>&1 &&
     timeout -k 2 10 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+# torch's answer and the packages found, once (json/env.json, for the report's header). Each step asks the CUDA
+# driver first, without importing torch, so that on a CPU it says "needs CUDA" in a blink; where torch sees
+# CUDA, the steps leave the question to torch alone (benchmarks/cuda_probe.py).
+timeout -k 2 60 "$PYTHON" benchmarks/cuda_probe.py --json "$OUT/json/env.json" > "$OUT/logs/env.log" 2>&1
+sed 's/^/   /' "$OUT/logs/env.log"
+grep -q '"torch_cuda": true' "$OUT/json/env.json" 2>/dev/null && export GPU_CHECK_SKIP_PROBE=1
 
 # Budget on an H100 (estimates, not yet measured): checks ~90 s (the compile check most of it), MLP ~30 s,
 # GPT eager ~40 s, GPT compiled ~60-90 s for the first compile and less for the next two (the inductor

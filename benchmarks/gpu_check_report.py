@@ -148,13 +148,22 @@ def steps_section(steps, out) -> list:
 
 
 def header(out) -> list:
-    device = torch = lightning = None
+    env = read_json(out, "env") or {}
+    device, torch = env.get("device"), env.get("torch")
+    lightning = None
     for name in ("tests", "mlp", "gpt-eager", "gpt-compiled-plain", "gpt-compiled-lightning"):
         r = read_json(out, name) or {}
-        device, torch = device or r.get("device"), torch or r.get("torch")
-        lightning = lightning or r.get("lightning")
-    return ["# surge GPU check (benchmarks/gpu_check.sh)", "",
-            f"device: {device or '?'}; torch {torch or '?'}; Lightning: {lightning or 'not installed or not run'}"]
+        device = device if device not in (None, "no CUDA device") else r.get("device", device)
+        torch, lightning = torch or r.get("torch"), lightning or r.get("lightning")
+    missing = [n for n, ok in (env.get("packages") or {}).items() if not ok]
+    lines = ["# surge GPU check (benchmarks/gpu_check.sh)", "",
+             f"device: {device or '?'}; torch {torch or '?'}; Lightning: {lightning or 'not installed or not run'}"]
+    if env:
+        lines.append(f"not installed: {', '.join(missing) or 'none'}")
+    if env and not env.get("probe_agrees", True):
+        lines.append(f"note: the CUDA driver probe saw {env.get('driver_devices')} devices, torch "
+                     f"{'some' if env.get('torch_cuda') else 'none'}; the steps asked torch")
+    return lines
 
 
 def main() -> int:

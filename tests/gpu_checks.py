@@ -4,7 +4,9 @@
 Each check raises AssertionError (or anything else) on failure and ``Skip`` when it cannot apply here.
 The runner prints one line per check (``PASS`` / ``FAIL`` / ``SKIP``), bounds each with an alarm, and with
 ``--json PATH`` rewrites PATH after every check, so a run killed from outside still leaves what it had.
-Without CUDA it reports every check as "needs CUDA" and exits 0.
+Without CUDA it reports every check as "needs CUDA" and exits 0, at once: the CUDA driver is asked through
+benchmarks/cuda_probe.py before torch and surge are imported, and the names of the checks are read from
+this file's source (``list_check_names``), so nothing heavy is imported on a machine without a GPU.
 
 Written in sessions without a GPU: not run on one yet (docs/benchmarks.md, "GPU").
 
@@ -13,6 +15,7 @@ Usage: python tests/gpu_checks.py [--json PATH] [-k SUBSTRING] [--check-timeout 
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import io
 import json
@@ -23,13 +26,47 @@ import time
 import traceback
 import warnings
 
-import torch
-from torch.utils.data import DataLoader
-
-from surge import Trainer
-from surge.demos.toy import ToyDataset, ToyModel
-
 PRECISIONS = ["32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"]
+
+
+def list_check_names() -> list:
+    """The names CHECKS will have, in its order, read from this file's source without importing anything:
+    one ``precision_<p>`` per PRECISIONS entry, then every other ``check_*`` function as defined."""
+    with open(__file__, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    names = [f"precision_{p}" for p in PRECISIONS]
+    names += [node.name[len("check_"):] for node in tree.body
+              if isinstance(node, ast.FunctionDef) and node.name.startswith("check_") and node.name != "check_precision"]
+    return names
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", help="write the results here (rewritten after every check)")
+    p.add_argument("-k", default="", help="run only the checks whose name contains this")
+    p.add_argument("--check-timeout", type=int, default=120, help="seconds one check may take")
+    return p.parse_args(argv)
+
+
+def needs_cuda_report(names) -> dict:
+    return {"part": "tests", "started": True, "pid": os.getpid(), "status": "needs CUDA", "device": "no CUDA device",
+            "checks": [{"name": n, "status": "needs CUDA", "detail": "", "seconds": 0.0} for n in names]}
+
+
+if __name__ == "__main__":  # before torch's and surge's imports (seconds): without CUDA this is done at once
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benchmarks"))
+    from cuda_probe import exit_if_no_cuda
+
+    _args = parse_args()
+    _names = [n for n in list_check_names() if _args.k in n]
+    exit_if_no_cuda("gpu_checks.py", _args.json, needs_cuda_report(_names),
+                    f"runs surge's checks on a CUDA GPU; the {len(_names)} checks were not run")
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from surge import Trainer  # noqa: E402
+from surge.demos.toy import ToyDataset, ToyModel  # noqa: E402
 
 
 class Skip(Exception):
@@ -241,11 +278,7 @@ def _alarm(signum, frame):
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", help="write the results here (rewritten after every check)")
-    p.add_argument("-k", default="", help="run only the checks whose name contains this")
-    p.add_argument("--check-timeout", type=int, default=120, help="seconds one check may take")
-    a = p.parse_args()
+    a = parse_args()
     names = [n for n in CHECKS if a.k in n]
     cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name(0) if cuda else "no CUDA device"
@@ -259,7 +292,7 @@ def main() -> int:
                 json.dump(report, f, indent=1)
 
     if not cuda:
-        report["checks"] = [{"name": n, "status": "needs CUDA", "detail": "", "seconds": 0.0} for n in names]
+        report.update(needs_cuda_report(names), torch=torch.__version__)
         save()
         print(f"needs CUDA: no CUDA GPU here; the {len(names)} GPU checks were not run", flush=True)
         return 0
