@@ -13,23 +13,28 @@
 # Needs torch with CUDA, numpy, and optionally Lightning and nvidia-ml-py; never installs or downloads anything.
 # Every step is bounded by `timeout` (TERM at its limit, KILL 5 s later); one that runs past its limit shows
 # "timeout" and the script goes on. A step that would start with less than 20 s of the budget left is not
-# started ("no time"), and no step's limit reaches past the budget, so the whole script takes at most
-# BUDGET + 5 + 15 s (the report's limit): 460 s by default, under 8 minutes.
+# started ("no time"), and no step's limit reaches past the budget (what runs before the steps counts in it),
+# so the whole script ends within BUDGET + 5 + 15 + 5 s (the last step's KILL, the report's limit and its
+# KILL): 465 s by default, under 8 minutes (tests/test_gpu_check.py holds these numbers to that).
 # On a machine without CUDA every step still starts and reports "needs CUDA".
 # Exit status: 0 when every step is ok or "needs CUDA", 1 when one failed, timed out or was not started.
 set -u
 
-cd "$(dirname "$0")/.." || exit 1
 if [ -z "${PYTHON:-}" ]; then
     if command -v python >/dev/null 2>&1; then PYTHON=python; else PYTHON=python3; fi
 fi
 OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")}
 mkdir -p "$OUT/logs" "$OUT/json" || exit 1
+# OUT and a PYTHON given as a path are the caller's, relative to where it was called from: made absolute
+# before the script moves to the repository's root
+OUT=$(cd "$OUT" && pwd) || exit 1
+case "$PYTHON" in */*) PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")" ;; esac
+cd "$(dirname "$0")/.." || exit 1
 BUDGET=${GPU_CHECK_BUDGET:-440}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
-KILL_AFTER=5
-REPORT_LIMIT=15
+KILL_AFTER=5     # seconds from a step's TERM to its KILL
+REPORT_LIMIT=15  # seconds for the report
 STEPS="$OUT/steps.tsv"
 printf 'step\trc\tseconds\tlimit\n' > "$STEPS"
 START=$SECONDS
@@ -55,7 +60,7 @@ step() {
     tail -n 3 "$OUT/logs/$name.log" | sed 's/^/   /'
 }
 
-echo "gpu_check: logs and tables under $OUT; budget ${BUDGET} s; $($PYTHON --version 2>&1)"
+echo "gpu_check: logs and tables under $OUT; budget ${BUDGET} s; $(timeout -k 2 10 "$PYTHON" --version 2>&1)"
 command -v nvidia-smi >/dev/null 2>&1 &&
     timeout -k 2 10 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 # torch's answer and the packages found, once (json/env.json, for the report's header). Each step asks the CUDA
@@ -78,7 +83,7 @@ for run in plain surge lightning; do
         --json "$OUT/json/gpt-compiled-$run.json"
 done
 
-timeout -k 2 "$REPORT_LIMIT" "$PYTHON" benchmarks/gpu_check_report.py "$OUT"
+timeout -k "$KILL_AFTER" "$REPORT_LIMIT" "$PYTHON" benchmarks/gpu_check_report.py "$OUT"
 rc=$?
 [ "$rc" -gt 1 ] && echo "gpu_check: the report itself failed (rc $rc); see $OUT"
 echo "gpu_check: $((SECONDS - START)) s in all; table in $OUT/gpu_check.md, logs in $OUT/logs"

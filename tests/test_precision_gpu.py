@@ -9,6 +9,7 @@ import torch
 
 import gpu_checks
 
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("name", list(gpu_checks.CHECKS))
 def test_gpu_check(name):
@@ -23,3 +24,9 @@ def test_every_check_is_collected():
     defined = {n[len("check_"):] for n in vars(gpu_checks) if n.startswith("check_")} - {"precision"}
     assert defined <= set(gpu_checks.CHECKS)
     assert {f"precision_{p}" for p in gpu_checks.PRECISIONS} <= set(gpu_checks.CHECKS)
+
+
+def test_the_names_read_from_the_source_are_the_checks():
+    """Without CUDA the runner lists the checks from gpu_checks.py's source, before importing torch: the list
+    must be CHECKS, in its order, or a report on a CPU would name checks that do not exist."""
+    assert gpu_checks.list_check_names() == list(gpu_checks.CHECKS)
