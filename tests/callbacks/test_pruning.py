@@ -246,3 +246,26 @@ def test_parameters_to_prune_are_checked(tmp_path):
         fit(tmp_path, module, [ModelPruning("l1_unstructured", parameters_to_prune=[(module.first, "gamma")])])
     with pytest.raises(MisconfigurationError, match="list of tuple"):
         fit(tmp_path, module, [ModelPruning("l1_unstructured", parameters_to_prune=[module.first])])
+
+
+@pytest.mark.parametrize("lottery", [False, True])
+def test_resume_keeps_the_masks_and_matches_an_uninterrupted_fit(tmp_path, lottery):
+    def pruning():
+        return ModelPruning("l1_unstructured", parameter_names=["weight"], amount=0.3,
+                            use_lottery_ticket_hypothesis=lottery)
+
+    whole = Net()
+    fit(tmp_path / "whole", whole, [pruning()], max_epochs=4)
+    first = Net()
+    fit(tmp_path / "first", first, [pruning(), ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1)], max_epochs=2)
+    resumed, watch = Net(), Watch()
+    trainer = surge.Trainer(default_root_dir=str(tmp_path / "resumed"), max_epochs=4, callbacks=[pruning(), watch],
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False)
+    trainer.fit(resumed, data(), ckpt_path=str(tmp_path / "ck" / "epoch=1-step=8.ckpt"))
+    assert watch.batches_checked > 0  # the masks were on from the first resumed batch: pruned entries stayed zero
+    # epochs 0-1 pruned 30% twice: 51% of the weights; 2-3 twice more: 1 - 0.7 ** 4 = 76%
+    assert zeros_fraction(resumed.first.weight, resumed.last.weight) == pytest.approx(
+        zeros_fraction(whole.first.weight, whole.last.weight), abs=0) and watch.sparsity[-1] > 0.7
+    for key, value in whole.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key

@@ -200,6 +200,38 @@ class ModelPruning(Callback):
             # The file gets plain parameters; the module keeps its masks, so training goes on as it was.
             checkpoint["state_dict"] = self._permanent_state_dict(checkpoint["state_dict"])
 
+    def state_dict(self) -> dict:
+        """The masks, by position in ``parameters_to_prune`` (a checkpoint's weights are ``orig * mask``: the
+        masks are what a resume needs to keep the pruned entries at zero), and with the lottery ticket the
+        layers as they were before fit."""
+        masks = {i: getattr(layer, name + "_mask").detach().cpu().clone()
+                 for i, (layer, name) in enumerate(self._parameters_to_prune or ())
+                 if isinstance(layer, nn.Module) and hasattr(layer, name + "_mask")}
+        if not masks:
+            return {}
+        state: dict = {"masks": masks}
+        if self._original_layers:
+            state["original_layers"] = {entry["names"][0][0]: entry["data"].state_dict()
+                                        for entry in self._original_layers.values()}
+        return state
+
+    def on_load_checkpoint(self, trainer, module, checkpoint: dict) -> None:
+        """Put the masks of a resumed fit back on its parameters (loaded as ``orig * mask``), so that the pruned
+        entries stay zero and the next pruning ranks only the entries still alive, as without the interruption."""
+        state = checkpoint.get("callbacks", {}).get(self.state_key) or {}
+        if trainer.state.stage != "fit" or "masks" not in state:
+            return
+        with torch.inference_mode(False):
+            for i, mask in state["masks"].items():
+                layer, name = self._parameters_to_prune[int(i)]
+                if not hasattr(layer, name + "_mask"):
+                    torch_prune.custom_from_mask(layer, name, mask.to(getattr(layer, name).device))
+        for i, layer_state in state.get("original_layers", {}).items():
+            layer, _ = self._parameters_to_prune[int(i)]
+            entry = (self._original_layers or {}).get(id(layer))
+            if entry is not None:
+                entry["data"].load_state_dict(layer_state)
+
     # ------------------------------------------------------------------ pruning
     def _run_pruning(self, epoch: int) -> None:
         prune = self._apply_pruning(epoch) if callable(self._apply_pruning) else self._apply_pruning
@@ -244,7 +276,9 @@ class ModelPruning(Callback):
                     dst = getattr(layer, name)
                 src = getattr(source, name)
                 if isinstance(dst, Tensor) and isinstance(src, Tensor):
-                    dst.data = src.data.to(dst.device)  # the same Parameter: the optimizer keeps it
+                    # In place: the same Parameter (the optimizer keeps it), and its own storage (the copy
+                    # before fit must not train along with it, or the next reset would not go back to it).
+                    dst.data.copy_(src.data)
 
     def make_pruning_permanent(self, module: nn.Module) -> None:
         """Fold every mask into its parameter and remove the pruning hooks (``torch.nn.utils.prune.remove``)."""
