@@ -218,6 +218,31 @@ def test_ddp_two_processes_average_as_one(tmp_path, monkeypatch):
         assert (b.detach() - rec.ends[-1][name]).abs().max() > 1e-4  # the average came back, not the last weights
 
 
+def test_ddp_batch_norm_statistics_are_the_mean_over_every_ranks_batches(tmp_path, monkeypatch):
+    # Each rank runs the BN pass over its own shard (every other sample, in batches of 4); the statistics every
+    # rank ends with are the mean over all six batches, computed here by hand from the averaged weights.
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
+    module = Net(batch_norm=True)
+    surge.Trainer(default_root_dir=str(tmp_path), strategy="ddp_spawn", devices=2, accelerator="cpu", max_epochs=3,
+                  callbacks=[StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=1)], logger=False,
+                  enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                  num_sanity_val_steps=0).fit(module, data(batch_size=4))
+    w = dict(module.named_parameters())
+    x = torch.cat([b[0] for b in data()])
+    means, variances = [], []
+    for rank in (0, 1):
+        shard = x[rank::2]
+        for i in range(0, len(shard), 4):
+            h = (shard[i:i + 4] @ w["first.weight"].T + w["first.bias"]).detach()
+            means.append(h.mean(0))
+            variances.append(h.var(0, unbiased=True))
+    assert len(means) == 6
+    torch.testing.assert_close(module.bn.running_mean, torch.stack(means).mean(0), rtol=0, atol=1e-6)
+    torch.testing.assert_close(module.bn.running_var, torch.stack(variances).mean(0), rtol=0, atol=1e-6)
+    assert int(module.bn.num_batches_tracked) == 6
+
+
 def test_lightning_names_on_lightnings_boring_model(tmp_path):
     import surge.lightning as pl
     from surge.lightning.demos.boring_classes import BoringModel

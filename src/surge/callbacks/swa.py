@@ -200,6 +200,8 @@ class StochasticWeightAveraging(Callback):
             self.reset_batch_norm_and_save_state(module)
             try:
                 self._forward_pass_for_batch_norm(trainer, module)
+                if trainer.world_size > 1:
+                    self._average_batch_norm_over_ranks(trainer, module)
             finally:
                 self.reset_momenta()
 
@@ -229,6 +231,24 @@ class StochasticWeightAveraging(Callback):
         finally:
             module.train(was_training)
             trainer._results = kept
+
+    @staticmethod
+    def _average_batch_norm_over_ranks(trainer, module) -> None:
+        """Each rank measured its own share of the data: make every rank's running statistics the mean over all
+        ranks' batches (weighted by each rank's batch count), as one process reading every batch would get."""
+        strategy = trainer.strategy
+        for m in module.modules():
+            if not (isinstance(m, _BatchNorm) and m.track_running_stats):
+                continue
+            n = m.num_batches_tracked.to(torch.float64)
+            total = strategy.reduce(n.clone(), "sum")
+            if float(total) == 0:
+                continue
+            for name in ("running_mean", "running_var"):
+                buf = getattr(m, name)
+                summed = strategy.reduce(buf.to(torch.float64) * n, "sum")
+                buf.copy_((summed / total).to(buf.dtype))
+            m.num_batches_tracked.copy_(total.to(m.num_batches_tracked.dtype))
 
     def reset_batch_norm_and_save_state(self, pl_module: nn.Module) -> None:
         """Zero the running means, set the variances to one, and use a cumulative mean (momentum None)."""
