@@ -421,3 +421,13 @@ def test_ddp_ranks_record_one_curve_and_agree_on_the_suggestion(tmp_path):
     assert len(r0["loss"]) == 40 and r0["loss"] == r1["loss"] and r0["lr"] == r1["lr"]
     assert r0["model_lr"] == r1["model_lr"] != 1e-3
     assert r0["weights_back"] and r1["weights_back"] and r0["step"] == r1["step"] == 0
+
+
+def test_min_steps_does_not_hold_back_the_divergence_stop():
+    class PlainSGD(LeastSquares):
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+    trainer = surge.Trainer(max_epochs=1, min_steps=500, **QUIET)
+    finder = Tuner(trainer).lr_find(PlainSGD(batch_size=64), num_training=100, max_lr=10)
+    assert len(finder.results["lr"]) < 100 and trainer.min_steps == 500

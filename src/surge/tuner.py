@@ -130,6 +130,7 @@ class _Snapshot:
 def _trial(trainer, callbacks=(), **settings):
     """Run the block with these Trainer attributes, only ``callbacks`` (no progress bar, no checkpoints) and
     no loggers; put all of them back afterwards, whatever happens inside."""
+    settings = {"min_epochs": None, "min_steps": None, **settings}  # a stop (divergence) is never held back
     saved = {name: getattr(trainer, name) for name in settings}
     kept_callbacks, kept_loggers, kept_results = trainer.callbacks, trainer.loggers, trainer._results
     try:
