@@ -142,6 +142,7 @@ def test_lightning_example_runs_in_zero_edit_mode(name, tmp_path):
                     f"(checked: it stops with surge's error: {done.stderr.strip().splitlines()[-1]})")
     done = _run(ex, text, tmp_path)
     log = done.stdout + done.stderr
+    (tmp_path / "run.log").write_text(log, encoding="utf8")
     assert done.returncode == 0, f"{ex.path} exited {done.returncode}:\n{log[-6000:]}"
     ckpts = glob.glob(str(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "epoch=*-step=*.ckpt"))
     assert ckpts, f"no checkpoint written:\n{log[-4000:]}"
@@ -153,16 +154,53 @@ def test_lightning_example_runs_in_zero_edit_mode(name, tmp_path):
         assert re.search(pattern, log), f"{pattern!r} not in the output:\n{log[-4000:]}"
 
 
+# The GAN script's own classes, trained on the CPU by a driver of ours (the script's main() asks for a GPU).
+_GAN_DRIVER = """
+import importlib.util
+import sys
+
+spec = importlib.util.spec_from_file_location("generative_adversarial_net", sys.argv[1])
+gan = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gan)  # not as __main__: defines the classes only
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.demos.mnist_datamodule import MNISTDataModule
+
+trainer = Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2)
+trainer.fit(gan.GAN(latent_dim=16), MNISTDataModule(num_workers=0))
+print("global_step", trainer.global_step)
+"""
+
+
+def test_lightning_gan_example_classes_train_on_cpu(tmp_path):
+    ex = EXAMPLES["generative_adversarial_net"]
+    text = _read_example(ex.path)
+    if text is None:
+        pytest.skip(f"no Lightning checkout at {PL_REPO} (set PL_REPO to a Lightning git directory or checkout)")
+    (tmp_path / "gan_on_cpu.py").write_text(_GAN_DRIVER, encoding="utf8")
+    driver = Example("gan_on_cpu.py", needs=ex.needs)
+    done = _run(driver, _GAN_DRIVER, tmp_path, extra_args=[str(tmp_path / "examples" / "pytorch" / ex.path)],
+                also=(ex.path, text))
+    log = done.stdout + done.stderr
+    (tmp_path / "run.log").write_text(log, encoding="utf8")
+    assert done.returncode == 0, log[-6000:]
+    assert "global_step 4" in done.stdout, log[-4000:]  # two optimizer steps a batch (manual optimization)
+    events = glob.glob(str(tmp_path / "lightning_logs" / "version_0" / "events.out.tfevents.*"))
+    assert events and max(os.path.getsize(e) for e in events) > 1000, events  # the generated images went there
+
+
 def surge_cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
 
 
-def _run(ex: Example, text: str, tmp_path) -> subprocess.CompletedProcess:
+def _run(ex: Example, text: str, tmp_path, extra_args=(), also=None) -> subprocess.CompletedProcess:
     script = tmp_path / "examples" / "pytorch" / ex.path  # Lightning's layout: some scripts find data by it
-    script.parent.mkdir(parents=True, exist_ok=True)
-    script.write_text(text, encoding="utf8")
+    for path, body in [(ex.path, text)] + ([also] if also else []):
+        target = tmp_path / "examples" / "pytorch" / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(body, encoding="utf8")
     if ex.path == "basics/transformer.py":
         _write_wikitext(str(tmp_path))
     paths = [SRC] + [STANDINS[p] for p in ex.needs if not _has_real(p)]
@@ -171,7 +209,7 @@ def _run(ex: Example, text: str, tmp_path) -> subprocess.CompletedProcess:
     env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.setdefault("OMP_NUM_THREADS", "2")
     try:
-        return subprocess.run([sys.executable, "-m", "surge.lightning", str(script), *ex.args], cwd=tmp_path,
+        return subprocess.run([sys.executable, "-m", "surge.lightning", str(script), *ex.args, *extra_args], cwd=tmp_path,
                               env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired as err:
         out = (err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
