@@ -207,7 +207,7 @@ def _run(ex: Example, text: str, tmp_path, extra_args=(), also=None) -> subproce
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PL_", "SURGE_"))}
     env.update(ex.env)
     env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env.setdefault("OMP_NUM_THREADS", "2")
+    env.setdefault("OMP_NUM_THREADS", "1")  # a shared 2-core machine: two threads each spin-wait and run 3x slower
     try:
         return subprocess.run([sys.executable, "-m", "surge.lightning", str(script), *ex.args, *extra_args], cwd=tmp_path,
                               env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
