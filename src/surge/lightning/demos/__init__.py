@@ -1,4 +1,7 @@
-"""``lightning.pytorch.demos``: the models and data Lightning's tests and bug reports use (:mod:`surge.demos`)."""
+"""``lightning.pytorch.demos``: the models and data Lightning's tests, bug reports and examples use
+(:mod:`surge.demos`): ``boring_classes``, ``transformer`` (``Transformer``, ``WikiText2``,
+``LightningTransformer``) and ``mnist_datamodule`` (``MNIST``, ``MNISTDataModule``)."""
 from ...demos import BoringDataModule, BoringModel, DemoModel
+from ...demos.transformer import LightningTransformer, Transformer, WikiText2
 
-__all__ = ["BoringModel", "BoringDataModule", "DemoModel"]
+__all__ = ["BoringModel", "BoringDataModule", "DemoModel", "LightningTransformer", "Transformer", "WikiText2"]
