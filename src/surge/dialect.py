@@ -2,7 +2,9 @@
 
 - the loggers' default folder name: ``surge_logs`` / ``lightning_logs``;
 - where ``seed_everything`` leaves the seed: ``$SURGE_GLOBAL_SEED`` / ``$PL_GLOBAL_SEED``
-  (and its ``workers`` flag: ``$SURGE_SEED_WORKERS`` / ``$PL_SEED_WORKERS``).
+  (and its ``workers`` flag: ``$SURGE_SEED_WORKERS`` / ``$PL_SEED_WORKERS``);
+- whether the Trainer's own ModelCheckpoint (the one added when none is given) also writes ``last.ckpt``:
+  yes under surge's names, no under Lightning's (its ``save_last=None``).
 
 surge's names are active until ``surge.lightning`` is imported, which switches the process to
 Lightning's: code written for Lightning finds its logs in ``lightning_logs/version_N`` and its seed in
@@ -39,9 +41,11 @@ class Dialect:
     log_folder: str         # the loggers' default ``name``: the folder under ``save_dir``
     seed_env: str           # where seed_everything leaves the seed (for worker processes and samplers)
     seed_workers_env: str   # "1" when seed_everything(workers=True) asked for seeded DataLoader workers
+    default_save_last: object = None  # save_last of the Trainer's default ModelCheckpoint
 
 
-SURGE = Dialect("surge", log_folder="surge_logs", seed_env="SURGE_GLOBAL_SEED", seed_workers_env="SURGE_SEED_WORKERS")
+SURGE = Dialect("surge", log_folder="surge_logs", seed_env="SURGE_GLOBAL_SEED", seed_workers_env="SURGE_SEED_WORKERS",
+                default_save_last=True)
 LIGHTNING = Dialect("lightning", log_folder="lightning_logs", seed_env="PL_GLOBAL_SEED",
                     seed_workers_env="PL_SEED_WORKERS")
 

@@ -72,6 +72,8 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
         num_sanity_val_steps: validation batches run before training to catch bugs early (default 2; -1: all).
         log_every_n_steps: how often per-step metrics are written to the loggers (default 50).
         enable_checkpointing / enable_progress_bar / enable_model_summary: the default callbacks (default on).
+            The default ModelCheckpoint keeps the newest epoch's file, and ``last.ckpt`` under surge's names
+            (not under Lightning's: :mod:`surge.dialect`).
         accumulate_grad_batches: batches whose gradients add up before one optimizer step (an int >= 1).
         gradient_clip_val / gradient_clip_algorithm: clip by global norm ("norm") or by value ("value").
         deterministic: True makes torch use deterministic algorithms ("warn": warn instead of raising).

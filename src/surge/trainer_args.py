@@ -393,7 +393,9 @@ def build_callbacks(callbacks, checkpointing: bool, progress_bar: bool, model_su
         if not isinstance(cb, Callback):
             raise MisconfigurationError(f"callbacks must be surge Callback instances, got {type(cb).__name__}")
     if default_checkpoint and not any(isinstance(cb, ModelCheckpoint) for cb in items):
-        items.append(ModelCheckpoint(save_last=True))
+        from . import dialect
+
+        items.append(ModelCheckpoint(save_last=dialect.active().default_save_last))  # last.ckpt: surge's names only
     if not checkpointing and any(isinstance(cb, ModelCheckpoint) for cb in items):
         raise MisconfigurationError("enable_checkpointing=False but a ModelCheckpoint was passed in callbacks")
     if progress_bar and not any(isinstance(cb, ProgressBar) for cb in items):

@@ -146,3 +146,24 @@ def test_state_dict_round_trip():
 def test_bad_arguments(kwargs):
     with pytest.raises(MisconfigurationError):
         EarlyStopping("score", **kwargs)
+
+
+def test_a_subclass_overriding_the_check_is_called_once_per_check(tmp_path):
+    # Lightning code customises early stopping by overriding _run_early_stopping_check(trainer): surge calls it
+    # once per check, at validation end (or at train epoch end without validation), and never in the sanity check.
+    class Counting(EarlyStopping):
+        calls = 0
+
+        def _run_early_stopping_check(self, trainer):
+            Counting.calls += 1
+            assert not trainer.sanity_checking
+            super()._run_early_stopping_check(trainer)
+
+    model = Scripted([1.0] * 10)
+    surge.Trainer(default_root_dir=str(tmp_path), max_epochs=4, callbacks=[Counting("score", patience=100)],
+                  logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                  num_sanity_val_steps=2).fit(model, data(), data())
+    assert Counting.calls == 4
+    Counting.calls = 0
+    fit(tmp_path / "train", [1.0] * 10, Counting("train_score", patience=100), val=False, max_epochs=3)
+    assert Counting.calls == 3

@@ -439,6 +439,22 @@ def test_loggers_and_the_default_logger_use_lightning_logs_under_lightning_names
     assert dialect.active() is dialect.LIGHTNING  # `using` put back what was active
 
 
+def test_the_default_checkpoint_writes_last_ckpt_under_surges_names_only(tmp_path):
+    from surge.demos import BoringModel
+
+    written = {}
+    for d in (dialect.SURGE, dialect.LIGHTNING):
+        with dialect.using(d):
+            root = tmp_path / d.name
+            trainer = surge.Trainer(default_root_dir=str(root), max_epochs=2, limit_train_batches=2,
+                                    limit_val_batches=1, logger=False, enable_progress_bar=False,
+                                    enable_model_summary=False)
+            trainer.fit(BoringModel())
+            written[d.name] = sorted(p.name for p in (root / "checkpoints").iterdir())
+    assert written["surge"] == ["epoch=1-step=4.ckpt", "last.ckpt"]
+    assert written["lightning"] == ["epoch=1-step=4.ckpt"]  # Lightning's default: save_last=None
+
+
 def test_seed_everything_writes_the_active_variable_and_reads_either(seed_env, lightning_names):
     assert surge.seed_everything(7, workers=True) == 7
     assert os.environ["PL_GLOBAL_SEED"] == "7" and os.environ["PL_SEED_WORKERS"] == "1"

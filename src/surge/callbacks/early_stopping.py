@@ -72,12 +72,12 @@ class EarlyStopping(Callback):
 
     def on_train_epoch_end(self, trainer, module) -> None:
         if self._on_train_epoch_end(trainer) and not self._skip(trainer):
-            self._check(trainer)
+            self._run_early_stopping_check(trainer)
 
     def on_validation_end(self, trainer, module) -> None:
         if self._skip(trainer) or self._on_train_epoch_end(trainer):
             return
-        self._check(trainer)
+        self._run_early_stopping_check(trainer)
 
     @staticmethod
     def _skip(trainer) -> bool:
@@ -89,7 +89,8 @@ class EarlyStopping(Callback):
             return self.check_on_train_epoch_end
         return not trainer._validates_in_fit
 
-    def _check(self, trainer) -> None:
+    def _run_early_stopping_check(self, trainer) -> None:
+        """One check of the monitored value (Lightning's name for it: subclasses that override it keep working)."""
         metrics = trainer.callback_metrics
         if self.monitor not in metrics:
             if self.strict:
