@@ -4,6 +4,7 @@ unset, and validation data without validation_step (and the reverse). Checked by
 import logging
 import os
 import warnings
+from datetime import timedelta
 
 import pytest
 import torch
@@ -210,9 +211,65 @@ def test_an_interval_longer_than_the_epoch_counts_across_epochs(tmp_path):
     assert model.validated == 2  # after training batches 6 and 12
 
 
-def test_a_duration_is_refused_clearly(tmp_path):
-    with pytest.raises(MisconfigurationError, match=r"val_check_interval='00:00:10:00' is a duration"):
-        quiet(default_root_dir=tmp_path, val_check_interval="00:00:10:00")
+class _Clock:
+    """A stand-in for the fit loop's ``time`` module: each training batch takes one second."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def monotonic(self):
+        return self.now
+
+
+@pytest.mark.parametrize("interval", ["00:00:00:03", {"seconds": 3}, timedelta(seconds=2.5)])
+def test_a_duration_validates_by_the_clock_at_batch_ends(tmp_path, monkeypatch, interval):
+    clock = _Clock()
+    monkeypatch.setattr("surge.fit_loop.time", clock)
+    seen = []
+
+    class Timed(Counting):
+        def training_step(self, batch, batch_idx):
+            clock.now += 1.0
+            return super().training_step(batch, batch_idx)
+
+        def on_validation_start(self):
+            if not self.trainer.sanity_checking:
+                seen.append((self.trainer.current_epoch, self.trainer.state.batch_idx))
+
+    model = Timed()
+    trainer = quiet(default_root_dir=tmp_path, max_epochs=2, limit_train_batches=5, limit_val_batches=1,
+                    val_check_interval=interval, num_sanity_val_steps=0)
+    trainer.fit(model)
+    # 3 s (or 2.5) after training starts: after batches 3 and 6 (the second epoch's first), then 9 (its fourth);
+    # the clock alone decides: no extra validation at an epoch's end.
+    assert seen == [(0, 3), (1, 1), (1, 4)] and model.validated == 3  # (epoch, batches done in it)
+    assert trainer.val_check_interval == interval
+
+
+def test_a_duration_with_check_val_every_n_epoch_validates_only_in_those_epochs(tmp_path, monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr("surge.fit_loop.time", clock)
+    epochs = []
+
+    class Timed(Counting):
+        def training_step(self, batch, batch_idx):
+            clock.now += 1.0
+            return super().training_step(batch, batch_idx)
+
+        def on_validation_start(self):
+            if not self.trainer.sanity_checking:
+                epochs.append(self.trainer.current_epoch)
+
+    trainer = quiet(default_root_dir=tmp_path, max_epochs=4, limit_train_batches=4, limit_val_batches=1,
+                    val_check_interval="00:00:00:02", check_val_every_n_epoch=2, num_sanity_val_steps=0)
+    trainer.fit(Timed())
+    # epochs 1 and 3 only; in each, the time since the last validation is past 2 s at their first two batch ends
+    assert epochs == [1, 1, 3, 3]
+
+
+def test_a_bad_duration_names_the_argument(tmp_path):
+    with pytest.raises(MisconfigurationError, match=r"val_check_interval='10:00': a duration string is 'DD:HH:MM:SS'"):
+        quiet(default_root_dir=tmp_path, val_check_interval="10:00")
 
 
 # ---------------------------------------------------------------- max_epochs not given

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 from typing import Any
 
 import torch
@@ -46,6 +47,7 @@ class FitLoop:
         # What on_train_start logs counts in the first epoch's values, as Lightning's users expect.
         self._results = Results("train", self.strategy)
         self._call("on_train_start")
+        self._last_val_time = time.monotonic()
         self._run_epochs()
         self._results = Results("train", self.strategy)
         self._call("on_train_end")  # ModelCheckpoint saves the final state here if no save had it yet
@@ -374,6 +376,8 @@ class FitLoop:
         every_n = self.check_val_every_n_epoch
         if every_n is not None and (self.state.epoch + 1) % every_n:
             return False
+        if self._val_check_seconds is not None:  # by the clock, checked at batch ends (not again at the epoch's end)
+            return not end_of_epoch and time.monotonic() - self._last_val_time >= self._val_check_seconds
         interval = self.val_check_interval
         if isinstance(interval, float):
             if end_of_epoch:  # the last batch is a check point too when the interval divides the epoch
@@ -401,6 +405,7 @@ class FitLoop:
         finally:
             restore_rng_state(self._training_rng)
             self._training_rng = None
+            self._last_val_time = time.monotonic()  # a duration val_check_interval counts from here
         self._results = train_results
         self.module.train()
 

@@ -65,7 +65,9 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
         limit_{train,val,test,predict}_batches: an int (batches) or a float (fraction) per epoch (default 1.0:
             all). ``1`` is one batch and ``1.0`` all of them: given explicitly, a log line says which.
         overfit_batches: train (unshuffled) and validate on this many training batches only.
-        val_check_interval: float fraction of a training epoch, or int number of training batches (at most an
+        val_check_interval: float fraction of a training epoch, int number of training batches, or a duration
+            (``"DD:HH:MM:SS"``, a ``timedelta`` or a dict of its arguments: validate at the first batch end
+            that much wall-clock time after the start of training or the last validation). An int is at most an
             epoch's worth, unless ``check_val_every_n_epoch=None``, which counts batches across epochs and
             needs an int).
         check_val_every_n_epoch: validate every n epochs (None: count val_check_interval across epochs).
@@ -203,6 +205,9 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
             overfit_batches=self.overfit_batches, fast_dev_run=fast_dev_run)
         self.check_val_every_n_epoch = targs.check_int("check_val_every_n_epoch", check_val_every_n_epoch, 1, allow_none=True)
         self.val_check_interval = targs.check_val_check_interval(val_check_interval, self.check_val_every_n_epoch)
+        # A duration: validate at the first batch end once that much time has passed since the last validation.
+        self._val_check_seconds = targs.duration_seconds(self.val_check_interval, "val_check_interval")
+        self._last_val_time = 0.0
         self.num_sanity_val_steps = targs.check_int("num_sanity_val_steps", num_sanity_val_steps, -1)
         self.log_every_n_steps = targs.check_int("log_every_n_steps", log_every_n_steps, 0 if barebones else 1)
         self.accumulate_grad_batches = targs.check_accumulate_grad_batches(accumulate_grad_batches)
@@ -216,7 +221,7 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
         if fast_dev_run:
             n = int(fast_dev_run)
             self.max_epochs, self.max_steps, self.num_sanity_val_steps = 1, n, 0
-            self.val_check_interval, self.check_val_every_n_epoch = 1.0, 1
+            self.val_check_interval, self.check_val_every_n_epoch, self._val_check_seconds = 1.0, 1, None
             # The loggers become one DummyLogger (none stays none): code that writes to self.logger still runs.
             # ModelCheckpoint and EarlyStopping stay, and do nothing (they read fast_dev_run).
             if logger is not False:

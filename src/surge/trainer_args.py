@@ -305,11 +305,10 @@ def duration_seconds(value, name: str) -> Optional[float]:
 
 
 def check_val_check_interval(value, check_val_every_n_epoch):
-    """``val_check_interval`` as the fit loop reads it: a float fraction of an epoch or an int batch count."""
+    """``val_check_interval`` as the fit loop reads it: a float fraction of an epoch, an int batch count, or
+    (returned as given) a duration, which :func:`duration_seconds` turns into seconds."""
     if duration_seconds(value, "val_check_interval") is not None:
-        raise MisconfigurationError(
-            f"val_check_interval={value!r} is a duration; surge validates by batches (an int) or by a fraction "
-            f"of the epoch (a float) only, so far")
+        return value
     value = check_limit(batch_limit(value, "val_check_interval"), "val_check_interval")
     if value == 0:
         raise MisconfigurationError("val_check_interval must be > 0 (to turn validation off use limit_val_batches=0)")
@@ -325,7 +324,7 @@ def check_val_check_interval(value, check_val_every_n_epoch):
 def check_val_check_fits(val_check_interval, num_training_batches, check_val_every_n_epoch, validates: bool) -> None:
     """At fit, once the epoch's length is known (``validates``: there is validation to run): an int
     interval longer than the epoch would never validate; a fraction needs an epoch of known length."""
-    if check_val_every_n_epoch is None or not validates:
+    if check_val_every_n_epoch is None or not validates or duration_seconds(val_check_interval, "") is not None:
         return
     if isinstance(val_check_interval, int) and isinstance(num_training_batches, int) \
             and val_check_interval > num_training_batches:
