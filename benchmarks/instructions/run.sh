@@ -3,11 +3,12 @@
 # unlike wall time, the count does not change when other jobs load the machine.
 #   bash benchmarks/instructions/run.sh          one process, MLP width 8, batch 2 (W, B, N1, N2 to change)
 #   DDP=1 W=256 B=64 N1=30 N2=130 bash benchmarks/instructions/run.sh   rank 0 of two gloo processes
+#   KEEP=dir ...    also copy callgrind's outputs (cg.out.<n>, one per dump) and the logs to dir, for callgrind_annotate
 # Needs valgrind and its headers (Debian: valgrind), gcc; takes 3-10 minutes.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd); here=$root/benchmarks/instructions
 py=${PYTHON:-$root/.venv/bin/python}
-work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+work=$(mktemp -d); trap 'if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work"/cg.out* "$work"/log* "$KEEP"/; fi; rm -rf "$work"' EXIT
 gcc -O2 -shared -fPIC -o "$work/cgtoggle.so" "$here/cgtoggle.c"
 export CGTOGGLE=$work/cgtoggle.so OMP_NUM_THREADS=1 PYTHONPATH=$root/src${PYTHONPATH:+:$PYTHONPATH}
 cg="valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=$work/cg.out"
