@@ -15,6 +15,13 @@ W, B = int(os.environ.get("W", 8)), int(os.environ.get("B", 2))
 N1, N2 = int(os.environ.get("N1", 100)), int(os.environ.get("N2", 400))
 if "RANK" in os.environ:
     import torch.distributed as dist
+    import surge.preemption
+    # surge agrees on the preemption flag with an all-reduce about every 0.5 s of training, the interval in
+    # steps taken from the measured step time (blocking once a step takes 0.25 s or more). Under callgrind a
+    # step runs 100-500x slower than natively, so the check would run at every step, blocking: an all-reduce
+    # per step that a native run of this size (5-20 ms per step) pays only every 25-100 steps. Pin the check
+    # to its native cadence for short steps: every 100 steps (its longest interval), not blocking.
+    surge.preemption._CHECK_EVERY_S = surge.preemption._BLOCKING_STEP_S = 1e9
     import ddp_overhead as bench
     dist.init_process_group("gloo")
     barrier = dist.barrier
