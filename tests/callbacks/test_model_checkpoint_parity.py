@@ -320,3 +320,22 @@ def test_hooks_take_lightnings_keyword_names_and_a_link_needs_a_local_folder(tmp
     assert remote.dirpath == "memory://somewhere"
     with pytest.raises(ValueError, match="save_last='link'.* is only supported for local file paths"):
         remote.setup(trainer=trainer, pl_module=Tiny(), stage="fit")
+
+
+def test_each_validation_inside_an_epoch_is_a_save(tmp_path):
+    cb = ModelCheckpoint(dirpath=str(tmp_path / "ck"), monitor="val_loss", save_top_k=-1)
+    fit(tmp_path, [cb], max_epochs=1, val_check_interval=0.5)  # 4 batches: validation after 2 and 4
+    assert names(tmp_path / "ck") == ["epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt"]
+
+
+def test_a_resumed_run_keeps_the_checkpoint_it_resumed_from_among_its_top_k(tmp_path):
+    folder = str(tmp_path / "ck")
+    first = ModelCheckpoint(dirpath=folder, monitor="step", mode="max", save_top_k=2, every_n_train_steps=2)
+    fit(tmp_path, [first], val=False, max_steps=5)
+    assert names(folder) == ["epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt"]
+    again = ModelCheckpoint(dirpath=folder, monitor="step", mode="max", save_top_k=2, every_n_train_steps=2)
+    fit(tmp_path, [again], val=False, max_steps=8, ckpt_path=os.path.join(folder, "epoch=0-step=4.ckpt"))
+    # step 2 drops out of the top 2; step 4, which fit resumed from, drops out too but stays on disk
+    kept = sorted(os.path.basename(p) for p in again.best_k_models)
+    assert len(kept) == 2 and all(int(n.split("step=")[1][:-5]) in (6, 8) for n in kept)
+    assert names(folder) == sorted(kept + ["epoch=0-step=4.ckpt"])

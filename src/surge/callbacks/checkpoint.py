@@ -198,7 +198,10 @@ class ModelCheckpoint(Callback):
             self._save(trainer, pl_module)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or self._saves_on_train_epoch_end(trainer) or not self._epoch_due(trainer):
+        # Also inside an epoch (val_check_interval < 1 or a step count): each validation is a save, as in
+        # Lightning, when every_n_epochs is due for the epoch it runs in.
+        if (trainer.sanity_checking or self._saves_on_train_epoch_end(trainer)
+                or not self._epoch_due(trainer, finished=False)):
             return
         self._save(trainer, pl_module)
 
@@ -247,11 +250,18 @@ class ModelCheckpoint(Callback):
     def _saves_on_train_epoch_end(self, trainer) -> bool:
         if self.save_on_train_epoch_end is not None:
             return self.save_on_train_epoch_end
-        # Without validation at the end of this epoch, save when the training epoch ends.
-        return not trainer._validates_in_fit or not trainer._epoch_finished
+        # Lightning's rule: without validation, save when the training epoch ends; with validation that
+        # runs once at each epoch's end, too (its metrics are there then); otherwise (validation inside the
+        # epoch, or not every epoch) after each validation.
+        if not trainer._validates_in_fit:
+            return True
+        if trainer.check_val_every_n_epoch != 1:
+            return False
+        return isinstance(trainer.val_check_interval, float) and trainer.val_check_interval == 1.0
 
-    def _epoch_due(self, trainer) -> bool:
-        if not self.every_n_epochs or not trainer._epoch_finished:
+    def _epoch_due(self, trainer, finished: bool = True) -> bool:
+        """Whether ``every_n_epochs`` asks for a save in this epoch (``finished``: and the epoch is over)."""
+        if not self.every_n_epochs or (finished and not trainer._epoch_finished):
             return False
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
@@ -288,8 +298,8 @@ class ModelCheckpoint(Callback):
                     self._write(trainer, checkpoint, last_path)
             # Drop the worst (and a last file under an older name) only after the new files are complete on
             # disk (an asynchronous save: the strategy deletes them once it is committed).
-            for path in stale:
-                if path not in (top_k_path, last_path):
+            for path in stale:  # (never the checkpoint fit resumed from, nor a file outside this folder)
+                if path not in (top_k_path, last_path) and self._ours_to_remove(trainer, path):
                     trainer.strategy.remove_checkpoint(path)  # rank 0; a sharded checkpoint is a folder
             if previous_last and previous_last != last_path and self._ours_to_remove(trainer, previous_last):
                 trainer.strategy.remove_checkpoint(previous_last)
