@@ -339,3 +339,23 @@ def test_a_resumed_run_keeps_the_checkpoint_it_resumed_from_among_its_top_k(tmp_
     kept = sorted(os.path.basename(p) for p in again.best_k_models)
     assert len(kept) == 2 and all(int(n.split("step=")[1][:-5]) in (6, 8) for n in kept)
     assert names(folder) == sorted(kept + ["epoch=0-step=4.ckpt"])
+
+
+def test_the_gathered_rank_states_travel_without_torch_save_and_come_back_equal(monkeypatch):
+    from surge import resume
+
+    own = {"rng": {"torch": torch.get_rng_state(), "more": [torch.tensor(1.5), torch.zeros(0, 3)]},
+           "loader_state": {"order": (3, torch.arange(4)), "flags": torch.tensor([True, False])},
+           "half": torch.ones(2, 2, dtype=torch.bfloat16), "other": "text"}
+    packed = resume._pack_tensors(own)
+    calls = []
+    monkeypatch.setattr(torch, "save", lambda *a, **k: calls.append(a))
+    import pickle
+
+    back = resume._unpack_tensors(pickle.loads(pickle.dumps(packed)))  # what a gather of Python objects does
+    assert calls == []  # no tensor was pickled (pickling one calls torch.save)
+    assert torch.equal(back["rng"]["torch"], own["rng"]["torch"]) and back["rng"]["more"][0].item() == 1.5
+    assert back["rng"]["more"][1].shape == (0, 3) and back["loader_state"]["order"][0] == 3
+    assert torch.equal(back["loader_state"]["order"][1], torch.arange(4))
+    assert back["loader_state"]["flags"].tolist() == [True, False] and back["half"].dtype == torch.bfloat16
+    assert back["other"] == "text"
