@@ -396,7 +396,8 @@ def build_callbacks(callbacks, checkpointing: bool, progress_bar: bool, model_su
 
         items.append(ModelCheckpoint(save_last=dialect.active().default_save_last))  # last.ckpt: surge's names only
     if not checkpointing and any(isinstance(cb, ModelCheckpoint) for cb in items):
-        raise MisconfigurationError("enable_checkpointing=False but a ModelCheckpoint was passed in callbacks")
+        raise MisconfigurationError("Trainer was configured with `enable_checkpointing=False` but found "
+                                    "`ModelCheckpoint` in callbacks list.")
     if progress_bar and not any(isinstance(cb, ProgressBar) for cb in items):
         items.append(TQDMProgressBar())
     if not progress_bar:

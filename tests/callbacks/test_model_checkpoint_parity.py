@@ -250,3 +250,112 @@ def test_fast_dev_run_writes_no_checkpoint_and_does_not_fail(tmp_path):
     assert trainer.global_step == 1
     assert not os.path.exists(tmp_path / "ck") or names(tmp_path / "ck") == []
     assert cb.best_model_path == "" and cb.last_model_path == ""
+
+
+# ---------------------------------------------------------------- Lightning 2.6 behaviour (h-ckpt)
+def test_without_a_monitor_only_all_none_or_the_newest_can_be_kept(tmp_path):
+    with pytest.raises(MisconfigurationError, match=r"ModelCheckpoint\(save_top_k=3, monitor=None\) is not a valid"):
+        ModelCheckpoint(dirpath=str(tmp_path), save_top_k=3)
+    for k in (-1, 0, 1):
+        ModelCheckpoint(dirpath=str(tmp_path), save_top_k=k)
+    ModelCheckpoint(dirpath=str(tmp_path), monitor="val_loss", save_top_k=3)  # with a metric, any k
+
+
+@pytest.mark.parametrize("k, kept", [(-1, ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt", "epoch=2-step=12.ckpt"]),
+                                     (1, ["epoch=2-step=12.ckpt"])])
+def test_without_a_monitor_nothing_is_ranked_and_the_newest_is_best(tmp_path, k, kept):
+    cb = ModelCheckpoint(dirpath=str(tmp_path / "ck"), save_top_k=k, save_last=True)
+    fit(tmp_path, [cb], max_epochs=3)
+    assert names(tmp_path / "ck") == sorted(kept + ["last.ckpt"])
+    assert cb.best_model_path == str(tmp_path / "ck" / "epoch=2-step=12.ckpt")
+    assert cb.best_model_score is None and cb.best_k_models == {} and cb.kth_best_model_path == ""
+
+
+def test_a_bad_mode_is_refused_in_lightnings_words():
+    with pytest.raises(MisconfigurationError, match="`mode` can be .* but got sideways"):
+        ModelCheckpoint(mode="sideways")
+
+
+def test_a_checkpoint_callback_with_checkpointing_off_is_refused_in_lightnings_words(tmp_path):
+    with pytest.raises(MisconfigurationError, match="`enable_checkpointing=False` but found `ModelCheckpoint`"):
+        surge.Trainer(default_root_dir=str(tmp_path), enable_checkpointing=False, callbacks=[ModelCheckpoint()])
+
+
+def test_current_score_keeps_the_logged_dtype_in_the_saved_state(tmp_path):
+    cb = ModelCheckpoint(dirpath=str(tmp_path / "ck"), monitor="val_loss", save_top_k=-1)
+    fit(tmp_path, [cb], max_epochs=2)  # val_loss 0.5, 0.25, logged as float32
+    saved = [torch.load(p, weights_only=True)["callbacks"][cb.state_key]["current_score"]
+             for p in sorted((tmp_path / "ck").iterdir())]
+    assert [s.dtype for s in saved] == [torch.float32] * 2
+    assert [s == v for s, v in zip(saved, [0.5, 0.25])] == [True, True]
+
+
+def test_kth_best_is_a_settable_attribute_and_another_folder_restores_only_the_best_path(tmp_path):
+    cb = ModelCheckpoint(dirpath=str(tmp_path / "a"), monitor="val_loss", save_top_k=2)
+    assert cb.kth_best_model_path == "" and float(cb.kth_value) == float("inf")
+    cb.kth_best_model_path, cb.kth_value = "x.ckpt", torch.tensor(2.5)
+    cb.best_model_path, cb.last_model_path = "best.ckpt", "last.ckpt"
+    state = cb.state_dict()
+    assert state["kth_best_model_path"] == "x.ckpt" and state["kth_value"] == 2.5
+    other = ModelCheckpoint(dirpath=str(tmp_path / "b"), monitor="val_loss", save_top_k=2)
+    with pytest.warns(UserWarning, match="The dirpath has changed from"):
+        other.load_state_dict(state)
+    assert other.best_model_path == "best.ckpt"
+    assert other.kth_best_model_path == "" and other.last_model_path == "" and other.best_model_score is None
+
+
+def test_the_kth_best_follows_the_ranking_once_the_top_k_are_full(tmp_path):
+    one = ModelCheckpoint(dirpath=str(tmp_path / "one"), monitor="val_loss", save_top_k=2)
+    fit(tmp_path, [one], max_epochs=1)
+    assert one.kth_best_model_path == ""  # one of two kept
+    cb = ModelCheckpoint(dirpath=str(tmp_path / "ck"), monitor="val_loss", save_top_k=2)
+    fit(tmp_path, [cb], max_epochs=3)  # val_loss 0.5, 0.25, 0.75 (0.75 does not enter)
+    assert cb.kth_best_model_path.endswith("epoch=0-step=4.ckpt") and float(cb.kth_value) == 0.5
+
+
+def test_hooks_take_lightnings_keyword_names_and_a_link_needs_a_local_folder(tmp_path):
+    trainer = surge.Trainer(default_root_dir=str(tmp_path), logger=False)
+    ModelCheckpoint(dirpath=str(tmp_path / "ck")).setup(trainer=trainer, pl_module=Tiny(), stage="fit")
+    remote = ModelCheckpoint(dirpath="memory://somewhere", save_last="link")
+    assert remote.dirpath == "memory://somewhere"
+    with pytest.raises(ValueError, match="save_last='link'.* is only supported for local file paths"):
+        remote.setup(trainer=trainer, pl_module=Tiny(), stage="fit")
+
+
+def test_each_validation_inside_an_epoch_is_a_save(tmp_path):
+    cb = ModelCheckpoint(dirpath=str(tmp_path / "ck"), monitor="val_loss", save_top_k=-1)
+    fit(tmp_path, [cb], max_epochs=1, val_check_interval=0.5)  # 4 batches: validation after 2 and 4
+    assert names(tmp_path / "ck") == ["epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt"]
+
+
+def test_a_resumed_run_keeps_the_checkpoint_it_resumed_from_among_its_top_k(tmp_path):
+    folder = str(tmp_path / "ck")
+    first = ModelCheckpoint(dirpath=folder, monitor="step", mode="max", save_top_k=2, every_n_train_steps=2)
+    fit(tmp_path, [first], val=False, max_steps=5)
+    assert names(folder) == ["epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt"]
+    again = ModelCheckpoint(dirpath=folder, monitor="step", mode="max", save_top_k=2, every_n_train_steps=2)
+    fit(tmp_path, [again], val=False, max_steps=8, ckpt_path=os.path.join(folder, "epoch=0-step=4.ckpt"))
+    # step 2 drops out of the top 2; step 4, which fit resumed from, drops out too but stays on disk
+    kept = sorted(os.path.basename(p) for p in again.best_k_models)
+    assert len(kept) == 2 and all(int(n.split("step=")[1][:-5]) in (6, 8) for n in kept)
+    assert names(folder) == sorted(kept + ["epoch=0-step=4.ckpt"])
+
+
+def test_the_gathered_rank_states_travel_without_torch_save_and_come_back_equal(monkeypatch):
+    from surge import resume
+
+    own = {"rng": {"torch": torch.get_rng_state(), "more": [torch.tensor(1.5), torch.zeros(0, 3)]},
+           "loader_state": {"order": (3, torch.arange(4)), "flags": torch.tensor([True, False])},
+           "half": torch.ones(2, 2, dtype=torch.bfloat16), "other": "text"}
+    packed = resume._pack_tensors(own)
+    calls = []
+    monkeypatch.setattr(torch, "save", lambda *a, **k: calls.append(a))
+    import pickle
+
+    back = resume._unpack_tensors(pickle.loads(pickle.dumps(packed)))  # what a gather of Python objects does
+    assert calls == []  # no tensor was pickled (pickling one calls torch.save)
+    assert torch.equal(back["rng"]["torch"], own["rng"]["torch"]) and back["rng"]["more"][0].item() == 1.5
+    assert back["rng"]["more"][1].shape == (0, 3) and back["loader_state"]["order"][0] == 3
+    assert torch.equal(back["loader_state"]["order"][1], torch.arange(4))
+    assert back["loader_state"]["flags"].tolist() == [True, False] and back["half"].dtype == torch.bfloat16
+    assert back["other"] == "text"

@@ -56,7 +56,7 @@ def test_kth_best_model_path_is_the_one_the_next_better_replaces(tmp_path):
             self.log("score", next(scores))
 
     mc = ModelCheckpoint(dirpath=tmp_path, monitor="score", save_top_k=2, filename="{epoch}")
-    assert mc.kth_best_model_path == "" and mc.kth_value is None
+    assert mc.kth_best_model_path == "" and float(mc.kth_value) == float("inf")  # nothing kept yet
     trainer = quiet(tmp_path, max_epochs=3, limit_train_batches=1, limit_val_batches=1, callbacks=[mc],
                     num_sanity_val_steps=0)
     trainer.fit(Scored())

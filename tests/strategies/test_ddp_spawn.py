@@ -68,6 +68,7 @@ def test_ddp_spawn_trains_like_one_process_and_brings_results_back(tmp_path, cle
     assert isinstance(trainer.strategy, DDPSpawn)
     trainer.fit(model, DataLoader(data(320), batch_size=8))
     assert "RANK" not in os.environ and not torch.distributed.is_initialized()  # the workers did it all
+    assert trainer.state.finished and trainer.state.fn == "fit"  # as after a fit in this process
 
     reference = Net()
     single = surge.Trainer(accelerator="cpu", devices=1, max_steps=20, logger=False,
@@ -88,6 +89,7 @@ def test_ddp_spawn_trains_like_one_process_and_brings_results_back(tmp_path, cle
     assert tested[0]["test_loss"] == pytest.approx(expected[0]["test_loss"], abs=1e-5)
     predicted = trainer.predict(model, DataLoader(data(45), batch_size=5))
     assert [len(p) for p in predicted] == [10, 10, 10, 10, 5]
+    assert trainer.state.finished and trainer.state.fn == "predict"
     assert (torch.cat(predicted) - torch.cat(single.predict(reference, DataLoader(data(45), batch_size=10)))).abs().max() < 1e-5
 
 

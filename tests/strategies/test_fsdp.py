@@ -112,7 +112,7 @@ def run(cfg, out):
                             accumulate_grad_batches=cfg.get("accumulate", 1), gradient_clip_val=cfg.get("clip"),
                             logger=False, enable_progress_bar=False, enable_model_summary=False,
                             enable_checkpointing="ckpt_dir" in cfg, callbacks=[surge.callbacks.ModelCheckpoint(
-                                cfg["ckpt_dir"], every_n_train_steps=5, save_top_k=2, save_last=True)]
+                                cfg["ckpt_dir"], every_n_train_steps=5, save_top_k=2, save_last=True, monitor="step", mode="max")]
                             if "ckpt_dir" in cfg else None)
     # The global batch is 8: 8 // devices per rank.
     val = DataLoader(data(64), batch_size=8 // devices) if cfg.get("val") else None

@@ -14,6 +14,12 @@ from ..utils import MisconfigurationError, rank_zero_info, rank_zero_warn
 from .base import Callback
 
 
+def _is_url(path: str) -> bool:
+    """Whether ``path`` names a remote or in-memory file system ("s3://...", "memory://..."), not a local path."""
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", path)
+    return scheme is not None and scheme.group(1).lower() != "file"
+
+
 class ModelCheckpoint(Callback):
     """Save checkpoints during fit.
 
@@ -58,10 +64,14 @@ class ModelCheckpoint(Callback):
                  auto_insert_metric_name: bool = True, every_n_train_steps: Optional[int] = None,
                  train_time_interval: Optional[timedelta] = None, every_n_epochs: Optional[int] = None,
                  save_on_train_epoch_end: Optional[bool] = None, enable_version_counter: bool = True):
-        if mode not in ("min", "max"):
-            raise MisconfigurationError(f"ModelCheckpoint(mode={mode!r}): choose 'min' or 'max'")
+        if mode not in ("min", "max"):  # (Lightning's wording, which users match)
+            raise MisconfigurationError(f"`mode` can be min, max but got {mode}")
         if not isinstance(save_top_k, int) or save_top_k < -1:
             raise MisconfigurationError(f"ModelCheckpoint: invalid save_top_k={save_top_k!r}. Must be >= -1 (an int)")
+        if monitor is None and save_top_k not in (-1, 0, 1):
+            raise MisconfigurationError(f"ModelCheckpoint(save_top_k={save_top_k}, monitor=None) is not a valid "
+                                        f"configuration: without a monitor there is nothing to rank k checkpoints "
+                                        f"by (use -1 for all, 0 for none, 1 for the newest)")
         if save_last not in (None, True, False, "link"):
             raise MisconfigurationError(f"ModelCheckpoint(save_last={save_last!r}): choose True, False, None or 'link'")
         for name, v in (("every_n_epochs", every_n_epochs), ("every_n_train_steps", every_n_train_steps)):
@@ -75,7 +85,9 @@ class ModelCheckpoint(Callback):
                                         f"{every_n_train_steps}, every_n_epochs={every_n_epochs} and train_time_interval="
                                         f"{train_time_interval}: give only one, not both (or all three)")
         if dirpath is not None:
-            dirpath = os.path.realpath(os.path.expanduser(os.fspath(dirpath)))
+            dirpath = os.fspath(dirpath)
+            if not _is_url(dirpath):  # (a URL such as "s3://..." is kept as given)
+                dirpath = os.path.realpath(os.path.expanduser(dirpath))
         self.dirpath = dirpath
         self._dirpath_from_logger = dirpath is None  # follows the logger's folder (which a resume may change)
         self.filename = filename
@@ -93,7 +105,11 @@ class ModelCheckpoint(Callback):
         self.auto_insert_metric_name = auto_insert_metric_name
         self.enable_version_counter = enable_version_counter
         self.verbose = verbose
-        self.best_k_models: dict[str, float] = {}
+        self.best_k_models: dict[str, float] = {}  # monitored runs only; without a monitor it stays empty
+        # The kept checkpoint the next better one replaces, and its score: set once the top k are full (as in
+        # Lightning; before that "" and the worst possible score). Plain attributes a user may set.
+        self.kth_best_model_path = ""
+        self.kth_value: torch.Tensor = torch.tensor(math.inf if mode == "min" else -math.inf)
         self.best_model_path = ""
         self.best_model_score: Optional[torch.Tensor] = None
         self.current_score: Optional[torch.Tensor] = None  # the monitored value of the latest top-k candidate
@@ -130,26 +146,14 @@ class ModelCheckpoint(Callback):
                 f"{self.every_n_train_steps}, every_n_epochs={self.every_n_epochs}}}",)
         return keys
 
-    @property
-    def kth_best_model_path(self) -> str:
-        """The path of the worst checkpoint kept among the top k ("" before the first): the one the next
-        better checkpoint replaces."""
-        if not self.best_k_models:
-            return ""
-        pick = min if self.mode == "max" or self.monitor is None else max  # (no monitor: ranked by step)
-        return pick(self.best_k_models, key=self.best_k_models.get)
-
-    @property
-    def kth_value(self):
-        """The score of :attr:`kth_best_model_path` (a tensor; None before the first checkpoint)."""
-        path = self.kth_best_model_path
-        return torch.tensor(self.best_k_models[path]) if path else None
-
     # ------------------------------------------------------------------ when to save
-    def setup(self, trainer, module, stage: str) -> None:
+    def setup(self, trainer, pl_module, stage: str) -> None:
         """Resolve the folder, and tidy what killed saves left in it (rank 0; the others wait): before the
         Trainer looks for ``ckpt_path="last"``, so that a commit a crash interrupted is finished or undone."""
         self._resolve_dirpath(trainer)
+        if self.save_last == "link" and _is_url(self.dirpath):
+            raise ValueError(f"`ModelCheckpoint(save_last='link')` is only supported for local file paths, got "
+                             f"`dirpath={self.dirpath}`: a symbolic link needs a local file system.")
         if trainer.is_global_zero:
             from ..checkpoint_search import tidy
 
@@ -163,7 +167,7 @@ class ModelCheckpoint(Callback):
             base = trainer.log_dir if trainer.loggers else trainer.default_root_dir
             self.dirpath = os.path.join(base, "checkpoints")
 
-    def on_train_start(self, trainer, module) -> None:
+    def on_train_start(self, trainer, pl_module) -> None:
         self._last_time_checked = time.monotonic()
         self._continues_folder = False
         # A resumed run starts at the step its checkpoint holds: saving that step again would write the same
@@ -173,7 +177,7 @@ class ModelCheckpoint(Callback):
             here = os.path.realpath(self.dirpath) if self.dirpath else None
             self._continues_folder = os.path.dirname(os.path.realpath(trainer.ckpt_path)) == here
 
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = self.every_n_train_steps
         step_due = bool(n) and trainer.global_step % n == 0
         time_due, now = False, None
@@ -187,18 +191,21 @@ class ModelCheckpoint(Callback):
             return
         if time_due:
             self._last_time_checked = now
-        self._save(trainer, module)
+        self._save(trainer, pl_module)
 
-    def on_train_epoch_end(self, trainer, module) -> None:
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self._saves_on_train_epoch_end(trainer) and self._epoch_due(trainer):
-            self._save(trainer, module)
+            self._save(trainer, pl_module)
 
-    def on_validation_end(self, trainer, module) -> None:
-        if trainer.sanity_checking or self._saves_on_train_epoch_end(trainer) or not self._epoch_due(trainer):
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # Also inside an epoch (val_check_interval < 1 or a step count): each validation is a save, as in
+        # Lightning, when every_n_epochs is due for the epoch it runs in.
+        if (trainer.sanity_checking or self._saves_on_train_epoch_end(trainer)
+                or not self._epoch_due(trainer, finished=False)):
             return
-        self._save(trainer, module)
+        self._save(trainer, pl_module)
 
-    def on_train_end(self, trainer, module) -> None:
+    def on_train_end(self, trainer, pl_module) -> None:
         """Save the state fit ends with, as this callback's schedule says, unless this step is saved already.
 
         A fit that stops inside an epoch (``max_steps``, ``should_stop``) under an epoch schedule saves as
@@ -212,9 +219,9 @@ class ModelCheckpoint(Callback):
         inside_epoch = trainer.state.batch_idx > 0  # the loop resets it to 0 when an epoch completes
         top_k = inside_epoch and self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0
         if top_k or self.save_last:
-            self._save(trainer, module, top_k=top_k)
+            self._save(trainer, pl_module, top_k=top_k)
 
-    def on_exception(self, trainer, module, exception: BaseException) -> None:
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         """``save_on_exception``: write the state fit stopped in under ``filename`` (and ``last``), outside
         the top k. Not for ``SystemExit``: a preemption has written ``last.ckpt`` before it exits."""
         from ..states import TrainerFn
@@ -243,11 +250,18 @@ class ModelCheckpoint(Callback):
     def _saves_on_train_epoch_end(self, trainer) -> bool:
         if self.save_on_train_epoch_end is not None:
             return self.save_on_train_epoch_end
-        # Without validation at the end of this epoch, save when the training epoch ends.
-        return not trainer._validates_in_fit or not trainer._epoch_finished
+        # Lightning's rule: without validation, save when the training epoch ends; with validation that
+        # runs once at each epoch's end, too (its metrics are there then); otherwise (validation inside the
+        # epoch, or not every epoch) after each validation.
+        if not trainer._validates_in_fit:
+            return True
+        if trainer.check_val_every_n_epoch != 1:
+            return False
+        return isinstance(trainer.val_check_interval, float) and trainer.val_check_interval == 1.0
 
-    def _epoch_due(self, trainer) -> bool:
-        if not self.every_n_epochs or not trainer._epoch_finished:
+    def _epoch_due(self, trainer, finished: bool = True) -> bool:
+        """Whether ``every_n_epochs`` asks for a save in this epoch (``finished``: and the epoch is over)."""
+        if not self.every_n_epochs or (finished and not trainer._epoch_finished):
             return False
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
@@ -257,7 +271,7 @@ class ModelCheckpoint(Callback):
         with trainer._rng_of_training():  # after a validation: the random state training continues with
             return trainer._checkpoint_dict(self.save_weights_only)
 
-    def _save(self, trainer, module, top_k: bool = True) -> None:
+    def _save(self, trainer, pl_module, top_k: bool = True) -> None:
         """Save a top-k candidate (when ``top_k``) and the last checkpoint (when ``save_last``) of this step."""
         if trainer.fast_dev_run or trainer.sanity_checking:
             return
@@ -275,7 +289,7 @@ class ModelCheckpoint(Callback):
             if top_k_path is not None:
                 self._write(trainer, checkpoint, top_k_path)
                 if self.verbose and trainer.is_global_zero:
-                    score = self.best_k_models[top_k_path]
+                    score = self.best_k_models.get(top_k_path)
                     print(f"ModelCheckpoint: saved {top_k_path}" + (f" ({self.monitor}={score:.5g})" if self.monitor else ""))
             if last_path is not None:
                 if self.save_last == "link" and top_k_path is not None:
@@ -284,8 +298,8 @@ class ModelCheckpoint(Callback):
                     self._write(trainer, checkpoint, last_path)
             # Drop the worst (and a last file under an older name) only after the new files are complete on
             # disk (an asynchronous save: the strategy deletes them once it is committed).
-            for path in stale:
-                if path not in (top_k_path, last_path):
+            for path in stale:  # (never the checkpoint fit resumed from, nor a file outside this folder)
+                if path not in (top_k_path, last_path) and self._ours_to_remove(trainer, path):
                     trainer.strategy.remove_checkpoint(path)  # rank 0; a sharded checkpoint is a folder
             if previous_last and previous_last != last_path and self._ours_to_remove(trainer, previous_last):
                 trainer.strategy.remove_checkpoint(previous_last)
@@ -296,41 +310,50 @@ class ModelCheckpoint(Callback):
 
     def _update_top_k(self, trainer, metrics) -> tuple:
         """Rank this save among the best k: ``(path to write or None, paths that dropped out)``."""
-        score = None
-        if self.monitor is not None:
-            # Every rank must take the same branch (each builds the checkpoint: its random state goes in),
-            # and a metric logged without sync_dist differs across ranks: rank 0's value decides for all.
-            mine = float(metrics[self.monitor]) if self.monitor in metrics else None
+        if self.monitor is None:
+            # No metric, no ranking: the newest save is the best one; with save_top_k=1 it replaces the one
+            # before (a file of this callback's own), with -1 every save is kept. best_k_models stays empty.
+            previous = self.best_model_path
+            path = self._free_name(trainer, metrics, None, previous)
             if trainer.world_size > 1:
-                mine = trainer.strategy.broadcast(mine)
-            if mine is None:
-                rank_zero_warn(f"ModelCheckpoint(monitor={self.monitor!r}) found no such metric; logged: {sorted(metrics)}."
-                               f" Not saving a top-k checkpoint this time.")
-                return None, []
-            score = mine
-            if math.isnan(score):
-                score = math.inf if self.mode == "min" else -math.inf
-            if not self._is_better(score):
-                return None, []
-            full = self.save_top_k != -1 and len(self.best_k_models) >= self.save_top_k
-            replaced = self.kth_best_model_path if full else ""
-        else:
-            score = float(trainer.global_step)  # no metric: the newest checkpoints are the best ones
-            replaced = self.best_model_path
+                path = trainer.strategy.broadcast(path)
+            self.best_model_path = path
+            drop = self.save_top_k == 1 and previous and previous != path and self._ours_to_remove(trainer, previous)
+            return path, [previous] if drop else []
+        # Every rank must take the same branch (each builds the checkpoint: its random state goes in),
+        # and a metric logged without sync_dist differs across ranks: rank 0's value decides for all.
+        logged = metrics.get(self.monitor)
+        mine = float(logged) if logged is not None else None
+        if trainer.world_size > 1:
+            mine = trainer.strategy.broadcast(mine)
+        if mine is None:
+            rank_zero_warn(f"ModelCheckpoint(monitor={self.monitor!r}) found no such metric; logged: {sorted(metrics)}."
+                           f" Not saving a top-k checkpoint this time.")
+            return None, []
+        score = mine
+        if math.isnan(score):  # a NaN ranks last, never first
+            score = math.inf if self.mode == "min" else -math.inf
+        if not self._is_better(score):
+            return None, []
+        full = self.save_top_k != -1 and len(self.best_k_models) >= self.save_top_k
+        replaced = self.kth_best_model_path if full else ""
         path = self._free_name(trainer, metrics, None, replaced)
         if trainer.world_size > 1:  # a name filled in with metrics: one file (or one sharded folder) for all
             path = trainer.strategy.broadcast(path)
-        if self.monitor is not None:
-            self.current_score = torch.tensor(score)
+        # current_score keeps the logged value's own dtype (a float32 metric stays float32), as Lightning does
+        dtype = logged.dtype if isinstance(logged, torch.Tensor) and logged.is_floating_point() else None
+        self.current_score = torch.tensor(score, dtype=dtype)
         self.best_k_models[path] = score
         keep = self.save_top_k if self.save_top_k != -1 else len(self.best_k_models)
-        ordered = sorted(self.best_k_models, key=lambda p: self.best_k_models[p],
-                         reverse=self.mode == "max" or self.monitor is None)
+        ordered = sorted(self.best_k_models, key=lambda p: self.best_k_models[p], reverse=self.mode == "max")
         stale = ordered[keep:]
         for p in stale:
             del self.best_k_models[p]
         self.best_model_path = ordered[0]
         self.best_model_score = torch.tensor(self.best_k_models[ordered[0]])
+        if len(self.best_k_models) == keep:  # the top k are full: the worst kept is the next to go
+            self.kth_best_model_path = ordered[keep - 1]
+            self.kth_value = torch.tensor(self.best_k_models[self.kth_best_model_path])
         return path, stale
 
     def _is_better(self, score: float) -> bool:
@@ -473,18 +496,29 @@ class ModelCheckpoint(Callback):
         def plain(t):
             return None if t is None else float(t)
 
+        current = None if self.current_score is None else self.current_score.detach().cpu()  # its own dtype
         return {"monitor": self.monitor, "best_model_score": plain(self.best_model_score),
-                "best_model_path": self.best_model_path, "current_score": plain(self.current_score),
+                "best_model_path": self.best_model_path, "current_score": current,
                 "best_k_models": dict(self.best_k_models), "kth_best_model_path": self.kth_best_model_path,
                 "kth_value": plain(self.kth_value), "last_model_path": self.last_model_path, "dirpath": self.dirpath}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("dirpath") not in (None, self.dirpath):
-            return  # another folder: its files are not ours to rank or delete
+        saved_dir = state.get("dirpath")
+        if saved_dir not in (None, self.dirpath):
+            # Another folder: its files are not ours to rank or delete; only which file was best is kept.
+            rank_zero_warn(f"The dirpath has changed from {saved_dir!r} to {self.dirpath!r}: best_model_score, "
+                           f"kth_best_model_path, kth_value, last_model_path and best_k_models are not restored, "
+                           f"only best_model_path")
+            self.best_model_path = state.get("best_model_path", self.best_model_path)
+            return
         self.best_k_models = {p: float(s) for p, s in state.get("best_k_models", {}).items() if os.path.exists(p)}
         self.best_model_path = state.get("best_model_path", "")
         score = state.get("best_model_score")
         self.best_model_score = None if score is None else torch.tensor(float(score))
         current = state.get("current_score")
-        self.current_score = None if current is None else torch.tensor(float(current))
+        self.current_score = None if current is None else torch.as_tensor(current).detach().clone()
         self.last_model_path = state.get("last_model_path", "")
+        kth = state.get("kth_best_model_path", "")
+        if kth in self.best_k_models:  # (a file that is gone no longer counts among the k)
+            self.kth_best_model_path = kth
+            self.kth_value = torch.tensor(self.best_k_models[kth])

@@ -371,7 +371,13 @@ class DDPSpawn(DDP):
         with tempfile.TemporaryDirectory(prefix="surge-spawn-") as out:
             payload = pickle_for_spawn({"the trainer (with its callbacks and loggers)": (fn, args, kwargs, out)})
             spawn(_spawn_worker, payload, self.cluster, len(self.device_ids))
-            return self._collect(trainer, out)
+            result = self._collect(trainer, out)
+        # The run happened in the workers and ended normally (a worker's exception is raised above): this
+        # process's state says so too, as after an in-process run (trainer.state.finished).
+        if args and isinstance(args[0], str):
+            trainer.state.fn = args[0]
+        trainer.state.status = "finished"
+        return result
 
     @staticmethod
     def _collect(trainer, out: str):
@@ -395,7 +401,8 @@ class DDPSpawn(DDP):
                 # A ModelCheckpoint picks its folder during the run; here, as after an in-process fit, it
                 # must know it, or it would take the worker's best checkpoint for a stranger's.
                 cb.dirpath = state.get("dirpath")
-            cb.load_state_dict(state)
+            if state is not None:  # (a state_dict() that returns None, as some overrides do: nothing to restore)
+                cb.load_state_dict(state)
         for lg, state in zip(trainer.loggers, back["loggers"]):
             lg.load_state_dict(state)  # the next stage writes into the same version_N
         return back["result"]
