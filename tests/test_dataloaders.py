@@ -386,3 +386,32 @@ def test_the_workers_count_is_per_local_device(tmp_path, monkeypatch):
     monkeypatch.setattr(type(trainer), "num_devices", property(lambda self: 4))
     with pytest.warns(UserWarning, match=r"16 CPUs for 4 device\(s\) allow `num_workers=3`"):
         trainer._check_workers(DataLoader(range(4), num_workers=1), "train_dataloader")
+
+
+def test_the_sanity_check_with_its_val_request_leaves_the_random_streams_as_it_found_them(tmp_path):
+    # A dataset drawn when its dataloader is requested: the val set (requested for the sanity check) and the
+    # train set (requested after it) come from the same random state, as in Lightning (whose sanity check runs
+    # in isolate_rng), so a seeded run trains on the same data with or without the sanity check.
+    import surge.demos.boring as boring
+
+    def train_data_seen(sanity_steps):
+        torch.manual_seed(7)
+        seen = {}
+
+        class Model(boring.BoringModel):
+            def training_step(self, batch, batch_idx):
+                seen.setdefault("train", batch.clone())
+                return super().training_step(batch, batch_idx)
+
+            def validation_step(self, batch, batch_idx):
+                seen.setdefault("val", batch.clone())
+                return super().validation_step(batch, batch_idx)
+
+        surge.Trainer(default_root_dir=str(tmp_path), max_steps=1, limit_val_batches=1, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      num_sanity_val_steps=sanity_steps).fit(Model())
+        return seen
+
+    with_check, without = train_data_seen(2), train_data_seen(0)
+    assert torch.equal(with_check["train"], without["train"])
+    assert torch.equal(with_check["train"], with_check["val"])  # both drawn from the state the check started with

@@ -431,7 +431,10 @@ class FitLoop:
         stage = self.state.stage
         self.state.stage = "sanity_check"
         try:
-            self._setup_val_data()  # inside the sanity check, as Lightning requests them
+            # Inside the sanity check, as Lightning requests them, and like the whole check leaving the random
+            # streams as it found them (a val dataset drawn at request time draws nothing training would see).
+            with preserved_rng():
+                self._setup_val_data()
         finally:
             self.state.stage = stage
         if not self._validates_in_fit:
