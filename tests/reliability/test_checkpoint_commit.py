@@ -94,8 +94,10 @@ class Starts(surge.callbacks.Callback):
 
 
 def fit(folder, width, steps, async_save=False, resume=None, every=2, top_k=0, callbacks=(), devices=1):
+    # k > 1 files need a monitor to rank them by (Lightning's rule): the step keeps the newest k
+    ranked = dict(monitor="step", mode="max") if top_k > 1 else {}
     ckpt = surge.callbacks.ModelCheckpoint(dirpath=folder, every_n_train_steps=every, save_top_k=top_k,
-                                           save_last=True)
+                                           save_last=True, **ranked)
     trainer = surge.Trainer(accelerator="cpu", devices=devices, strategy=FSDP(async_save=async_save),
                             max_steps=steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
                             callbacks=[*callbacks, ckpt], default_root_dir=folder + "-root")

@@ -285,9 +285,10 @@ class ModelCheckpoint(Callback):
             last_path = self._last_path(trainer, metrics)
             previous_last, self.last_model_path = self.last_model_path, last_path
         if top_k_path is not None or last_path is not None:
-            checkpoint = self._build(trainer)
+            # Each file through trainer.save_checkpoint, as Lightning writes them: code that wraps or patches
+            # it sees every save. (On an exception, below, the files are written without its barrier.)
             if top_k_path is not None:
-                self._write(trainer, checkpoint, top_k_path)
+                self._save_file(trainer, top_k_path)
                 if self.verbose and trainer.is_global_zero:
                     score = self.best_k_models.get(top_k_path)
                     print(f"ModelCheckpoint: saved {top_k_path}" + (f" ({self.monitor}={score:.5g})" if self.monitor else ""))
@@ -295,7 +296,7 @@ class ModelCheckpoint(Callback):
                 if self.save_last == "link" and top_k_path is not None:
                     self._link(trainer, top_k_path, last_path)
                 else:
-                    self._write(trainer, checkpoint, last_path)
+                    self._save_file(trainer, last_path)
             # Drop the worst (and a last file under an older name) only after the new files are complete on
             # disk (an asynchronous save: the strategy deletes them once it is committed).
             for path in stale:  # (never the checkpoint fit resumed from, nor a file outside this folder)
@@ -365,6 +366,11 @@ class ModelCheckpoint(Callback):
     def check_monitor_top_k(self, trainer, current: Optional[torch.Tensor] = None) -> bool:
         """Whether ``current`` (a value of ``monitor``) would enter the top k now."""
         return current is not None and self._is_better(float(current))
+
+    def _save_file(self, trainer, path) -> None:
+        if trainer.is_global_zero and os.path.islink(path):
+            os.remove(path)  # a "link" last file: the new checkpoint replaces the link, not what it points to
+        trainer.save_checkpoint(path, self.save_weights_only)
 
     def _write(self, trainer, checkpoint, path) -> None:
         if trainer.is_global_zero and os.path.islink(path):
