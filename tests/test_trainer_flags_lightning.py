@@ -221,22 +221,30 @@ class _Clock:
         return self.now
 
 
+class _Timed(Counting):
+    """Each training batch advances ``clock`` by one second; each validation in fit records (epoch, batches
+    done in that epoch) in ``seen``."""
+
+    def __init__(self, clock, seen):
+        super().__init__()
+        self.clock, self.seen = clock, seen
+
+    def training_step(self, batch, batch_idx):
+        self.clock.now += 1.0
+        return super().training_step(batch, batch_idx)
+
+    def on_validation_start(self):
+        if not self.trainer.sanity_checking:
+            self.seen.append((self.trainer.current_epoch, self.trainer.state.batch_idx))
+
+
 @pytest.mark.parametrize("interval", ["00:00:00:03", {"seconds": 3}, timedelta(seconds=2.5)])
 def test_a_duration_validates_by_the_clock_at_batch_ends(tmp_path, monkeypatch, interval):
     clock = _Clock()
     monkeypatch.setattr("surge.fit_loop.time", clock)
     seen = []
 
-    class Timed(Counting):
-        def training_step(self, batch, batch_idx):
-            clock.now += 1.0
-            return super().training_step(batch, batch_idx)
-
-        def on_validation_start(self):
-            if not self.trainer.sanity_checking:
-                seen.append((self.trainer.current_epoch, self.trainer.state.batch_idx))
-
-    model = Timed()
+    model = _Timed(clock, seen)
     trainer = quiet(default_root_dir=tmp_path, max_epochs=2, limit_train_batches=5, limit_val_batches=1,
                     val_check_interval=interval, num_sanity_val_steps=0)
     trainer.fit(model)
@@ -251,18 +259,10 @@ def test_a_duration_with_check_val_every_n_epoch_validates_only_in_those_epochs(
     monkeypatch.setattr("surge.fit_loop.time", clock)
     epochs = []
 
-    class Timed(Counting):
-        def training_step(self, batch, batch_idx):
-            clock.now += 1.0
-            return super().training_step(batch, batch_idx)
-
-        def on_validation_start(self):
-            if not self.trainer.sanity_checking:
-                epochs.append(self.trainer.current_epoch)
-
     trainer = quiet(default_root_dir=tmp_path, max_epochs=4, limit_train_batches=4, limit_val_batches=1,
                     val_check_interval="00:00:00:02", check_val_every_n_epoch=2, num_sanity_val_steps=0)
-    trainer.fit(Timed())
+    trainer.fit(_Timed(clock, epochs))
+    epochs = [epoch for epoch, _ in epochs]
     # epochs 1 and 3 only; in each, the time since the last validation is past 2 s at their first two batch ends
     assert epochs == [1, 1, 3, 3]
 

@@ -49,7 +49,7 @@ def _holders(module, datamodule=None) -> list:
 
 
 def _holds(holder, name: str) -> bool:
-    if isinstance(holder, dict) and not isinstance(holder, torch.nn.Module):
+    if isinstance(holder, dict):  # hparams
         return name in holder
     return hasattr(holder, name)
 

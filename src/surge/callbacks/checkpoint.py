@@ -368,13 +368,11 @@ class ModelCheckpoint(Callback):
         return current is not None and self._is_better(float(current))
 
     def _save_file(self, trainer, path) -> None:
-        if trainer.is_global_zero and os.path.islink(path):
-            os.remove(path)  # a "link" last file: the new checkpoint replaces the link, not what it points to
+        _drop_link(trainer, path)
         trainer.save_checkpoint(path, self.save_weights_only)
 
     def _write(self, trainer, checkpoint, path) -> None:
-        if trainer.is_global_zero and os.path.islink(path):
-            os.remove(path)  # a "link" last file: the new checkpoint replaces the link, not what it points to
+        _drop_link(trainer, path)
         trainer.strategy.save_checkpoint(checkpoint, path)  # rank 0 writes a file, or every rank its shards
 
     def _link(self, trainer, target: str, link: str) -> None:
@@ -528,3 +526,9 @@ class ModelCheckpoint(Callback):
         if kth in self.best_k_models:  # (a file that is gone no longer counts among the k)
             self.kth_best_model_path = kth
             self.kth_value = torch.tensor(self.best_k_models[kth])
+
+
+def _drop_link(trainer, path: str) -> None:
+    """A "link" last file is replaced by the new checkpoint itself, not written through to what it points to."""
+    if trainer.is_global_zero and os.path.islink(path):
+        os.remove(path)
