@@ -54,10 +54,11 @@ TRANSFER = ["on_before_batch_transfer", "transfer_batch_to_device", "on_after_ba
 
 
 def eval_epoch(prefix, batches):
-    out = both(f"on_{prefix}_start", f"on_{prefix}_epoch_start")
+    # The recording model overrides on_<stage>_model_train, so it is called (otherwise the modes are restored).
+    out = [f"on_{prefix}_model_eval"] + both(f"on_{prefix}_start", f"on_{prefix}_epoch_start")
     for _ in range(batches):
         out += TRANSFER + both(f"on_{prefix}_batch_start") + [f"{prefix}_step"] + both(f"on_{prefix}_batch_end")
-    return out + both(f"on_{prefix}_epoch_end", f"on_{prefix}_end")
+    return out + both(f"on_{prefix}_epoch_end", f"on_{prefix}_end") + [f"on_{prefix}_model_train"]
 
 
 def train_batch():
@@ -85,7 +86,8 @@ def expected_eval(stage, prefix, batches):
 
 
 def expected_predict(batches):
-    out = ["Callback.setup", "setup", "configure_model"] + both("on_predict_start", "on_predict_epoch_start")
+    out = ["Callback.setup", "setup", "configure_model", "on_predict_model_eval"] + both("on_predict_start",
+                                                                                        "on_predict_epoch_start")
     for _ in range(batches):
         out += TRANSFER + both("on_predict_batch_start") + ["predict_step"] + both("on_predict_batch_end")
     return out + both("on_predict_epoch_end", "on_predict_end") + ["Callback.teardown", "teardown"]
@@ -220,3 +222,127 @@ def test_exception_reaches_on_exception(tmp_path):
     with pytest.raises(KeyError, match="boom"):
         make_trainer(tmp_path, Catch(), max_epochs=1).fit(Boom())
     assert seen == ["KeyError"]
+
+
+# ---------------------------------------------------------------- the module's backward and mode hooks
+class Dropping(ToyModel):
+    """A ToyModel with a dropout layer and a frozen 'backbone' kept in eval mode during training."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop = torch.nn.Dropout(0.5)
+        self.backbone = torch.nn.BatchNorm1d(32)
+        self.seen = []
+
+    def on_train_epoch_start(self):
+        self.backbone.eval()  # e.g. a frozen, pretrained part: its statistics must not move
+
+    def forward(self, x):
+        return self.layer(self.drop(self.backbone(x)))
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(("train", self.training, self.drop.training, self.backbone.training))
+        return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        self.seen.append(("val", self.training, self.drop.training, self.backbone.training))
+        return super().validation_step(batch, batch_idx)
+
+
+def test_module_backward_hook_runs_every_backward(tmp_path):
+    losses = []
+
+    class OwnBackward(ToyModel):
+        def backward(self, loss, *args, **kwargs):
+            losses.append(float(loss))
+            loss.backward(*args, **kwargs)
+
+    torch.manual_seed(0)
+    model = OwnBackward()
+    torch.manual_seed(0)
+    reference = ToyModel()
+    for m in (model, reference):
+        make_trainer(tmp_path, Callback(), max_epochs=1, limit_train_batches=3, limit_val_batches=0).fit(m)
+    assert len(losses) == 3
+    for a, b in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(a, b)  # the default hook is loss.backward(): same training
+
+
+def test_module_backward_hook_gets_manual_backward_arguments_and_the_scaled_loss(tmp_path):
+    seen = []
+
+    class Manual(ToyModel):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            loss = self(batch).sum()
+            self.manual_backward(loss, retain_graph=True)
+            self.manual_backward(loss)  # the graph is still there: retain_graph reached loss.backward
+            seen.append(float(loss))
+            opt.step()
+            opt.zero_grad()
+
+        def backward(self, loss, *args, **kwargs):
+            seen.append((float(loss), kwargs))
+            super().backward(loss, *args, **kwargs)
+
+    make_trainer(tmp_path, Callback(), max_epochs=1, limit_train_batches=1, limit_val_batches=0,
+                 precision="16-mixed").fit(Manual())
+    (scaled, first), (_, second), loss = seen
+    assert first == {"retain_graph": True} and second == {}
+    assert scaled == pytest.approx(loss * 2.0 ** 16, rel=1e-3)  # GradScaler's initial scale, applied before the hook
+
+
+def test_an_error_in_the_backward_hook_reaches_on_exception_and_its_checkpoint(tmp_path):
+    class Troubled(ToyModel):
+        def backward(self, loss, *args, **kwargs):
+            if self.current_epoch == 1:
+                raise RuntimeError("Trouble!")
+            loss.backward()
+
+    ckpt = surge.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="exception", save_on_exception=True,
+                                           every_n_epochs=7)
+    trainer = surge.Trainer(default_root_dir=tmp_path, callbacks=[ckpt], logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, max_epochs=3, limit_train_batches=2, limit_val_batches=0)
+    with pytest.raises(RuntimeError, match="Trouble!"):
+        trainer.fit(Troubled())
+    assert torch.load(tmp_path / "exception.ckpt", weights_only=False)["global_step"] == 2
+
+
+def test_validation_restores_each_submodule_mode(tmp_path):
+    model = Dropping()
+    make_trainer(tmp_path, Callback(), max_epochs=1, limit_train_batches=4, limit_val_batches=1, num_sanity_val_steps=0,
+                 val_check_interval=2).fit(model)
+    # Training: dropout on, the backbone frozen in eval; validation: all in eval; after it, as before.
+    assert model.seen == [("train", True, True, False)] * 2 + [("val", False, False, False)] \
+        + [("train", True, True, False)] * 2 + [("val", False, False, False)]
+
+
+def test_model_eval_and_train_hooks_decide_the_modes(tmp_path):
+    class MCDropout(Dropping):
+        def on_validation_model_eval(self):
+            self.eval()
+            self.drop.train()  # Monte Carlo dropout: sample while validating
+
+        def on_validation_model_train(self):
+            self.train()  # everything back to training, the backbone too
+
+        def on_test_model_eval(self):
+            super().on_test_model_eval()
+            self.seen.append("test eval")
+
+    model = MCDropout()
+    trainer = make_trainer(tmp_path, Callback(), max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+                           num_sanity_val_steps=0, val_check_interval=1)
+    trainer.fit(model)
+    assert model.seen == [("train", True, True, False), ("val", False, True, False),
+                          ("train", True, True, True), ("val", False, True, False)]
+    model.seen.clear()
+    model.backbone.eval()
+    trainer.test(model, ToyModel().val_dataloader(), verbose=False)
+    assert model.seen == ["test eval"]
+    # on_test_model_train is not overridden: each submodule is back in its mode from before the test
+    assert model.training and model.drop.training and not model.backbone.training

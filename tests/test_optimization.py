@@ -318,7 +318,7 @@ def test_two_optimizers_with_accumulation():
 
 
 # ---------------------------------------------------------------------------------------- skipping
-def test_training_step_returning_none_skips_the_step():
+def test_training_step_returning_none_skips_the_update_but_counts_the_step():
     data = regression_data(64)
 
     class Skipper(Regressor):
@@ -331,7 +331,7 @@ def test_training_step_returning_none_skips_the_step():
     reference = copy.deepcopy(model)
     trainer = make_trainer(max_epochs=2)
     trainer.fit(model, DataLoader(data, batch_size=8))
-    assert trainer.global_step == 2 * 4
+    assert trainer.global_step == 2 * 8  # every batch counts, as in Lightning; half of them change nothing
 
     opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
     for _ in range(2):

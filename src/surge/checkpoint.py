@@ -95,17 +95,39 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+REMOVING = ".removing"  # a sharded checkpoint folder being deleted: ``.NAME.removing``
+
+
 def remove_checkpoint_files(path: str) -> None:
     """Delete a checkpoint: a file, or a sharded checkpoint's folder (nothing if ``path`` is not there).
-    A folder loses its DCP ``.metadata`` first, so that one half deleted by a crash reads as incomplete."""
+    A folder is first renamed to the hidden ``.NAME.removing`` (one atomic step), so a crash while its
+    files go never leaves a half-deleted checkpoint under a checkpoint's name, where ``ckpt_path="last"``
+    would find it (deleting files makes the folder the newest); :func:`remove_leftover_removals` clears it."""
     if os.path.isdir(path) and not os.path.islink(path):
+        head, name = os.path.split(path)
+        doomed = os.path.join(head, f".{name}{REMOVING}")
         try:
-            os.unlink(os.path.join(path, ".metadata"))
+            os.replace(path, doomed)
         except OSError:
-            pass
-        shutil.rmtree(path, ignore_errors=True)
+            doomed = path  # e.g. a leftover .removing folder in the way: delete in place, metadata first
+            try:
+                os.unlink(os.path.join(path, ".metadata"))
+            except OSError:
+                pass
+        shutil.rmtree(doomed, ignore_errors=True)
     elif os.path.lexists(path):
         os.remove(path)
+
+
+def remove_leftover_removals(folder: str) -> list[str]:
+    """Finish the deletions of sharded checkpoints that a crash interrupted in ``folder``; their paths."""
+    done = []
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if name.startswith(".") and name.endswith(REMOVING) and os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+            done.append(path)
+    return done
 
 
 def load_checkpoint(path, map_location: Any = "cpu") -> dict:

@@ -145,7 +145,11 @@ def tidy(folder: str, suffix: str = _EXT) -> list[str]:
 
     if not os.path.isdir(folder):
         return []
+    from .checkpoint import remove_leftover_removals
+
     notes = [f"{note} in {folder}" for note in recover_interrupted_commits(folder, suffix)]
+    notes += [f"finished deleting {os.path.basename(p)} (an old top-k checkpoint; interrupted)" for p in
+              remove_leftover_removals(folder)]
     removed = remove_stale_temporaries(folder)
     if removed:
         size = sum(n for _, n in removed) / 2**20

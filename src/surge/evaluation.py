@@ -28,8 +28,7 @@ class EvaluationLoops:
         _check_dataloader_idx(module, prefix, many)
         step_takes_idx = takes_batch_idx(getattr(module, step_name))  # validation_step(self, batch) works
         self._results = results = Results(stage, self.strategy)
-        was_training = module.training
-        module.eval()
+        modes = _eval_mode(module, prefix)
         per_loader_keys = []
         with self.strategy.evaluation_context(self.inference_mode):
             self._call(f"on_{prefix}_start")
@@ -58,7 +57,7 @@ class EvaluationLoops:
             self._call(f"on_{prefix}_epoch_end")
             epoch = self._epoch_end(stage, log=not sanity)
             self._call(f"on_{prefix}_end")
-        module.train(was_training)
+        _train_mode(module, prefix, modes)
         if len(loaders) <= 1:
             return [{k: float(v) for k, v in epoch.items()}]
         # As in Lightning: a loader's dict holds what it logged, plus every key without a dataloader suffix
@@ -80,7 +79,7 @@ class EvaluationLoops:
         loaders = self._loaders("predict")
         module = self.module
         self._results = Results("predict", self.strategy)
-        module.eval()
+        module.on_predict_model_eval()
         many = len(loaders) > 1
         _check_dataloader_idx(module, "predict", many)
         step_takes_idx = takes_batch_idx(module.predict_step)
@@ -124,6 +123,27 @@ class EvaluationLoops:
             # Every rank's outputs in dataset order (under DDP), read off the loader as the strategy prepared it.
             returned = [self.strategy.gather_predictions(outputs, given) for outputs, given in zip(per_loader, loaders)]
         return returned[0] if len(returned) == 1 else returned
+
+
+def _eval_mode(module, prefix: str) -> list:
+    """Switch ``module`` to evaluation through its ``on_<stage>_model_eval`` hook (default: ``eval()``);
+    returns every submodule's mode from before, for :func:`_train_mode`."""
+    modes = [(m, m.training) for m in module.modules()]
+    getattr(module, f"on_{prefix}_model_eval")()
+    return modes
+
+
+def _train_mode(module, prefix: str, modes: list) -> None:
+    """After the loop: the module's own ``on_<stage>_model_train`` where it overrides it, else every
+    submodule back in the mode it had (a frozen backbone kept in eval stays in eval)."""
+    from .datamodule import _overrides
+    from .module import Module
+
+    if _overrides(module, f"on_{prefix}_model_train", Module):
+        getattr(module, f"on_{prefix}_model_train")()
+        return
+    for m, training in modes:
+        m.training = training
 
 
 def _writer_intervals(callbacks) -> tuple[bool, bool]:

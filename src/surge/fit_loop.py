@@ -233,12 +233,18 @@ class FitLoop:
                 with NO_PROFILE if self.profiler is None else self.profiler.profile("training_step"):
                     output = strategy.step("training", *args, *extra)
                 loss = _check_step_output(output, manual=False, needs_grad=not owns_backward)
-                if loss is None and not self._warned_none_loss:
-                    self._warned_none_loss = True
-                    rank_zero_warn("`training_step` returned `None`: surge skips this batch (no backward, no optimizer "
-                                   "step), and every batch whose step returns None. Return the loss to train on it; "
-                                   "if skipping was on purpose, ignore this warning")
-                if loss is not None and self._check_finite(loss, batch_idx, opt_idx):  # False: on_nan="skip" dropped it
+                if loss is None:
+                    # As in Lightning: no backward, but the window's optimizer step still runs and counts in
+                    # global_step (with every gradient zeroed to None it changes no weight).
+                    if not self._warned_none_loss:
+                        self._warned_none_loss = True
+                        rank_zero_warn("`training_step` returned `None`: this batch has no backward; its optimizer "
+                                       "step changes no weights (no gradients) but still counts in global_step. "
+                                       "Return the loss to train on it; if skipping was on purpose, ignore this warning")
+                    if not owns_backward:
+                        self._zero_grad_at_window_start(opt_idx, optimizer, batch_idx)
+                    self._grads_pending.add(opt_idx)
+                elif self._check_finite(loss, batch_idx, opt_idx):  # False: on_nan="skip" dropped it
                     if not owns_backward:
                         self._zero_grad_at_window_start(opt_idx, optimizer, batch_idx)
                     self._call("on_before_backward", loss)
@@ -406,8 +412,7 @@ class FitLoop:
             restore_rng_state(self._training_rng)
             self._training_rng = None
             self._last_val_time = time.monotonic()  # a duration val_check_interval counts from here
-        self._results = train_results
-        self.module.train()
+        self._results = train_results  # the module's modes are back (on_validation_model_train, or as they were)
 
     @contextlib.contextmanager
     def _rng_of_training(self):

@@ -346,6 +346,26 @@ class Module(HyperparametersMixin, nn.Module):
     def on_test_epoch_end(self) -> None: ...
     def on_predict_epoch_start(self) -> None: ...
     def on_predict_epoch_end(self) -> None: ...
+    def on_validation_model_eval(self) -> None:
+        """Called as validation starts (also the sanity check): switches the module to ``eval()``."""
+        self.eval()
+
+    def on_validation_model_train(self) -> None:
+        """Called as validation ends, where overridden; otherwise every submodule gets back the mode it had."""
+        self.train()
+
+    def on_test_model_eval(self) -> None:
+        """Called as testing starts: switches the module to ``eval()``."""
+        self.eval()
+
+    def on_test_model_train(self) -> None:
+        """Called as testing ends, where overridden; otherwise every submodule gets back the mode it had."""
+        self.train()
+
+    def on_predict_model_eval(self) -> None:
+        """Called as prediction starts: switches the module to ``eval()``."""
+        self.eval()
+
     def on_train_batch_start(self, batch, batch_idx: int): ...
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None: ...
     def on_validation_batch_start(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None: ...
@@ -372,6 +392,12 @@ class Module(HyperparametersMixin, nn.Module):
 
         # Host-to-GPU copies need not block the host: the GPU's stream orders them before their use.
         return move_to_device(batch, device, non_blocking=torch.device(device).type == "cuda")
+
+    def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        """Compute the gradients of ``loss`` (the step's loss, already scaled under ``"16-mixed"``); the
+        arguments are those given to ``manual_backward``. Override to change how backward runs, e.g.
+        ``loss.backward(retain_graph=True)``. The strategy's gradient synchronisation stays around it."""
+        loss.backward(*args, **kwargs)
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)

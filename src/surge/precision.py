@@ -47,8 +47,9 @@ class Precision:
         return torch.utils._pytree.tree_map(
             lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t, data)
 
-    def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
-        loss.backward(*args, **kwargs)
+    def backward(self, loss: torch.Tensor, *args, module=None, **kwargs) -> None:
+        """Backward of ``loss`` through ``module.backward`` (the module's overridable hook), or ``loss.backward``."""
+        _backward(loss, module, args, kwargs)
 
     def unscale(self, optimizer) -> None:
         """Make gradients true-valued before clipping or inspecting them."""
@@ -69,6 +70,18 @@ class Precision:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+
+def _backward(loss: torch.Tensor, module, args: tuple, kwargs: dict) -> None:
+    if module is None:
+        loss.backward(*args, **kwargs)
+    else:
+        module.backward(loss, *args, **kwargs)
+
+
+def _has_grads(optimizer) -> bool:
+    """Whether any parameter of ``optimizer`` holds a gradient (stops at the first that does)."""
+    return any(p.grad is not None for group in optimizer.param_groups for p in group["params"])
 
 
 class DoublePrecision(Precision):
@@ -118,13 +131,14 @@ class MixedPrecision(Precision):
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=self.autocast_cache)
 
-    def backward(self, loss, *args, **kwargs) -> None:
+    def backward(self, loss, *args, module=None, **kwargs) -> None:
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
-        loss.backward(*args, **kwargs)
+        _backward(loss, module, args, kwargs)
 
     def unscale(self, optimizer) -> None:
-        if self.scaler is not None and id(optimizer) not in self._unscaled:
+        # Nothing to unscale after a window without backward: the step below leaves the scaler out then.
+        if self.scaler is not None and id(optimizer) not in self._unscaled and _has_grads(optimizer):
             self.scaler.unscale_(optimizer)
             self._unscaled.add(id(optimizer))
 
@@ -136,6 +150,11 @@ class MixedPrecision(Precision):
             # GradScaler.step takes no closure: evaluate it once, then step on its gradients
             # (so optimizers that re-evaluate the closure, like LBFGS, do not work with "16-mixed").
             closure()
+        if not _has_grads(optimizer):
+            # No backward in this window (training_step returned None): GradScaler.step refuses an optimizer
+            # it unscaled nothing for, and there is nothing to step. The step still counts, as in Lightning.
+            self._unscaled.discard(id(optimizer))
+            return True
         scale = self.scaler.get_scale()
         self.scaler.step(optimizer)
         self.scaler.update()

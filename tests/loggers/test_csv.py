@@ -6,6 +6,8 @@ import pytest
 import torch
 import yaml
 
+import surge
+from surge.demos.toy import ToyModel
 from surge.loggers import CSVLogger, Logger
 
 
@@ -153,3 +155,47 @@ def test_hparams_yaml(tmp_path):
     with open(os.path.join(logger.log_dir, "hparams.yaml")) as f:
         loaded = yaml.safe_load(f)
     assert loaded == {"lr": 1e-3, "layers": [64, 32], "opt": {"name": "adam", "cls": str(torch.optim.Adam)}}
+
+
+def test_csv_logger_writes_to_an_fsspec_url():
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    root = "memory://surge-csv-test"
+    try:
+        first = surge.loggers.CSVLogger(root, name="exp")
+        first.log_hyperparams({"lr": 0.1})
+        first.log_metrics({"loss": 1.0}, step=0)
+        first.save()
+        first.log_metrics({"loss": 0.5, "acc": 0.75}, step=1)  # a new column: the file is rewritten
+        first.save()
+        assert first.log_dir == f"{root}/exp/version_0"
+        with fs.open(f"{root}/exp/version_0/metrics.csv", "r") as f:
+            assert f.read().splitlines() == ["step,loss,acc", "0,1.0,", "1,0.5,0.75"]
+        assert surge.loggers.base.load_hparams_from_yaml(f"{root}/exp/version_0/hparams.yaml") == {"lr": 0.1}
+        assert not fs.exists(f"{root}/exp/version_0/metrics.csv.tmp")
+        # The next logger under the same name finds version_0 there and takes version_1.
+        assert surge.loggers.CSVLogger(root, name="exp").version == 1
+    finally:
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
+
+
+def test_fit_logs_to_an_fsspec_url(tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    root = "memory://surge-csv-fit"
+    try:
+        logger = surge.loggers.CSVLogger(root)
+        trainer = surge.Trainer(default_root_dir=tmp_path, logger=logger, max_epochs=2, limit_train_batches=2,
+                                limit_val_batches=1, log_every_n_steps=1, enable_checkpointing=False,
+                                enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(ToyModel())
+        with fs.open(f"{logger.log_dir}/metrics.csv", "r") as f:
+            rows = list(csv.DictReader(f))
+        assert len([r for r in rows if r.get("train_loss")]) == 4  # every step of the 2 epochs
+        assert any(r.get("val_loss") for r in rows)
+    finally:
+        if fs.exists(root):
+            fs.rm(root, recursive=True)

@@ -675,12 +675,21 @@ def test_a_failed_asynchronous_write_removes_its_folder_and_lock(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["last.ckpt"] and _tag(tmp_path / "last.ckpt") == "last"
 
 
-def test_a_folder_half_removed_reads_as_incomplete(tmp_path, monkeypatch):
-    """Deleting a sharded checkpoint removes its .metadata first: a kill during the rest of the deletion
-    leaves a folder that recovery treats as incomplete, never as a checkpoint."""
+def test_a_folder_half_removed_is_never_taken_for_a_checkpoint(tmp_path, monkeypatch):
+    """Deleting a sharded checkpoint (a stale top-k) first renames it to the hidden .NAME.removing: a kill
+    during the rest of the deletion leaves nothing under a checkpoint's name (the half-deleted folder would
+    be the newest, and ckpt_path="last" would take it), and the next start finishes the deletion."""
     from surge.checkpoint import remove_checkpoint_files
+    from surge.checkpoint_search import checkpoints_in, tidy
 
-    _sharded(tmp_path / ".last.ckpt.tmp", "tmp")
+    _sharded(tmp_path / "epoch=0-step=2.ckpt", "old")
+    _sharded(tmp_path / "epoch=0-step=4.ckpt", "new")
+    real_rmtree = shutil.rmtree
     monkeypatch.setattr(shutil, "rmtree", lambda *args, **kwargs: None)  # "killed" before rmtree did anything
-    remove_checkpoint_files(str(tmp_path / ".last.ckpt.tmp"))
-    assert not (tmp_path / ".last.ckpt.tmp" / ".metadata").exists()
+    remove_checkpoint_files(str(tmp_path / "epoch=0-step=2.ckpt"))
+    assert sorted(os.listdir(tmp_path)) == [".epoch=0-step=2.ckpt.removing", "epoch=0-step=4.ckpt"]
+    assert checkpoints_in(str(tmp_path)) == [str(tmp_path / "epoch=0-step=4.ckpt")]
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    notes = tidy(str(tmp_path))
+    assert any("finished deleting .epoch=0-step=2.ckpt.removing" in n for n in notes), notes
+    assert sorted(os.listdir(tmp_path)) == ["epoch=0-step=4.ckpt"] and _tag(tmp_path / "epoch=0-step=4.ckpt") == "new"

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import dialect
+from . import files
 
 HPARAMS_FILE = "hparams.yaml"
 _VERSION_DIR = re.compile(r"^version_(\d+)$")
@@ -86,12 +87,12 @@ class Logger:
 
     def _next_version(self) -> int:
         root = self.root_dir
-        if root is None or not os.path.isdir(root):
+        if root is None or not files.isdir(root):
             return 0
         taken = []
-        for entry in os.listdir(root):
+        for entry in files.listdir(root):
             match = _VERSION_DIR.match(entry)
-            if match and os.path.isdir(os.path.join(root, entry)):
+            if match and files.isdir(os.path.join(root, entry)):
                 taken.append(int(match.group(1)))
         return max(taken) + 1 if taken else 0
 
@@ -171,8 +172,8 @@ def save_hparams_to_yaml(config_yaml: str | os.PathLike, hparams: Mapping | Any)
 
     folder = os.path.dirname(os.fspath(config_yaml))
     if folder:
-        os.makedirs(folder, exist_ok=True)
-    with open(config_yaml, "w") as f:
+        files.makedirs(folder)
+    with files.open_file(os.fspath(config_yaml), "w") as f:
         yaml.safe_dump(plain_params(hparams), f, sort_keys=False)
 
 
@@ -185,12 +186,13 @@ def load_hparams_from_yaml(config_yaml: str | os.PathLike, use_omegaconf: bool =
     """
     import yaml
 
-    if not os.path.isfile(config_yaml):
+    config_yaml = os.fspath(config_yaml)
+    if not files.isfile(config_yaml):
         import warnings
 
         warnings.warn(f"load_hparams_from_yaml: {os.fspath(config_yaml)!r} does not exist; returning no hyperparameters")
         return {}
-    with open(config_yaml) as f:
+    with files.open_file(config_yaml) as f:
         loaded = yaml.safe_load(f)
     return dict(loaded) if isinstance(loaded, Mapping) else {}
 

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 
 from .. import dialect
+from . import files
 from .base import HPARAMS_FILE, Logger, to_number
 
 METRICS_FILE = "metrics.csv"
@@ -89,13 +90,13 @@ class CSVExperimentWriter:
         """Write buffered rows: append when the header is unchanged, otherwise rewrite the file."""
         if not self._pending and self._drop_from is None:
             return
-        os.makedirs(self.log_dir, exist_ok=True)
+        files.makedirs(self.log_dir)
         fields = ["step"] + self.keys
         if self._disk_keys is not None and (self._disk_keys != self.keys or self._drop_from is not None):
             self._rewrite(fields)
         else:
             fresh = self._disk_keys is None
-            with open(self.metrics_file, "w" if fresh else "a", newline="") as f:
+            with files.open_file(self.metrics_file, "w" if fresh else "a", newline="") as f:
                 writer = csv.DictWriter(f, fields, restval="", lineterminator="\n")
                 if fresh:
                     writer.writeheader()
@@ -106,9 +107,9 @@ class CSVExperimentWriter:
 
     def _adopt_existing(self, first_step: int) -> None:
         # Only the header is read now; old rows are read once, at the rewrite in save().
-        if not os.path.isfile(self.metrics_file):
+        if not files.isfile(self.metrics_file):
             return
-        with open(self.metrics_file, newline="") as f:
+        with files.open_file(self.metrics_file, newline="") as f:
             header = next(csv.reader(f), None)
         if not header:  # empty file: write it afresh
             return
@@ -117,18 +118,18 @@ class CSVExperimentWriter:
         self._drop_from = first_step
 
     def _rewrite(self, fields: list[str]) -> None:
-        with open(self.metrics_file, newline="") as f:
+        with files.open_file(self.metrics_file, newline="") as f:
             old_rows = list(csv.DictReader(f))
         if self._drop_from is not None:
             old_rows = [row for row in old_rows if not _step_at_least(row.get("step"), self._drop_from)]
         # Write beside the file and swap, so a crash mid-rewrite cannot lose the old rows.
         tmp = self.metrics_file + ".tmp"
-        with open(tmp, "w", newline="") as f:
+        with files.open_file(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fields, restval="", extrasaction="ignore", lineterminator="\n")
             writer.writeheader()
             writer.writerows(old_rows)
             writer.writerows(self._pending)
-        os.replace(tmp, self.metrics_file)
+        files.replace(tmp, self.metrics_file)
 
 
 def _step_at_least(step: str | None, limit: int) -> bool:
@@ -140,6 +141,8 @@ def _step_at_least(step: str | None, limit: int) -> bool:
 
 class CSVLogger(Logger):
     """Log metrics to ``save_dir/name/version_N/metrics.csv`` and hparams to ``hparams.yaml``.
+
+    ``save_dir`` may be a URL that fsspec understands (``"s3://bucket/runs"``, ``"memory://runs"``).
 
     Rows are buffered and written every ``flush_logs_every_n_steps`` calls to
     :meth:`log_metrics`, and at :meth:`save` / :meth:`finalize`. Each call is one row. During fit the

@@ -142,7 +142,7 @@ class Strategy:
             return getattr(self.module, _STEP_HOOKS[stage])(*args)
 
     def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
-        self.precision.backward(loss, *args, **kwargs)
+        self.precision.backward(loss, *args, module=self.module, **kwargs)
 
     def evaluation_context(self, inference_mode: bool):
         """What validate / test / predict (and the sanity check) run under: ``torch.inference_mode`` when
