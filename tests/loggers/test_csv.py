@@ -199,3 +199,34 @@ def test_fit_logs_to_an_fsspec_url(tmp_path):
     finally:
         if fs.exists(root):
             fs.rm(root, recursive=True)
+
+
+def test_a_new_run_in_a_used_version_folder_starts_the_file_afresh(tmp_path):
+    old = CSVLogger(tmp_path, name="exp", version=0, flush_logs_every_n_steps=1)
+    old.log_metrics({"loss": 9.0}, step=0)
+    old.log_metrics({"loss": 8.0}, step=1)
+    folder = tmp_path / "exp" / "version_0"
+    new = CSVLogger(tmp_path, name="exp", version=0, flush_logs_every_n_steps=1)
+    with pytest.warns(UserWarning, match=r"Experiment logs directory .*version_0 exists and is not empty"):
+        _ = new.experiment
+    assert not (folder / "metrics.csv").exists()  # as in Lightning; set aside until the new run writes
+    assert (folder / ".metrics.csv.previous").is_file()
+    new.log_metrics({"loss": 1.0}, step=0)
+    assert read_rows(new) == (["step", "loss"], [["0", "1.0"]])
+    assert sorted(os.listdir(folder)) == ["metrics.csv"]
+
+
+def test_a_resume_brings_back_the_history_a_new_writer_set_aside(tmp_path):
+    first = CSVLogger(tmp_path, name="exp", flush_logs_every_n_steps=1)
+    for step in range(4):
+        first.log_metrics({"loss": float(step)}, step=step)
+    state = first.state_dict()
+    again = CSVLogger(tmp_path, name="exp", version=0)
+    with pytest.warns(UserWarning, match="exists and is not empty"):
+        _ = again.experiment  # touched before the checkpoint's state arrived: the file is moved aside...
+    again.load_state_dict(state)
+    again.resume_after(2)  # ...and comes back: the run resumed from its checkpoint of step 2
+    again.log_metrics({"loss": -3.0}, step=3)
+    again.finalize("success")
+    assert read_rows(again)[1] == [["0", "0.0"], ["1", "1.0"], ["2", "2.0"], ["3", "-3.0"]]
+    assert not (tmp_path / "exp" / "version_0" / ".metrics.csv.previous").exists()

@@ -10,6 +10,7 @@ from . import files
 from .base import HPARAMS_FILE, Logger, to_number
 
 METRICS_FILE = "metrics.csv"
+PREVIOUS_FILE = ".metrics.csv.previous"  # a new run's set-aside predecessor, until the run writes
 
 
 class CSVExperimentWriter:
@@ -17,9 +18,15 @@ class CSVExperimentWriter:
 
     The header is ``step`` followed by every metric key in order of first appearance. A key that
     shows up after rows are on disk widens the header: the file is rewritten and the old rows get
-    empty cells. If ``metrics.csv`` already exists (a resumed run), its rows are kept, except those
-    the new run replaces: the rows after :meth:`resume_after`'s step when the Trainer resumed from a
-    checkpoint, otherwise those at or after the first step this writer logs.
+    empty cells.
+
+    An existing ``metrics.csv`` in ``log_dir``:
+    - a new run (``continues=False``: the logger got no state from a checkpoint) starts the file afresh,
+      with Lightning's warning. The old file is only moved aside (``.metrics.csv.previous``), and is
+      deleted at this writer's first write; until then a resume can still bring it back.
+    - a resumed run (``continues=True``, or :meth:`resume_after`) keeps its rows, except those the new
+      run replaces: the rows after :meth:`resume_after`'s step when the Trainer resumed from a
+      checkpoint, otherwise those at or after the first step this writer logs.
 
     Example::
 
@@ -31,15 +38,30 @@ class CSVExperimentWriter:
     NAME_METRICS_FILE = METRICS_FILE
     NAME_HPARAMS_FILE = HPARAMS_FILE
 
-    def __init__(self, log_dir: str):
+    def __init__(self, log_dir: str, continues: bool = False):
         self.log_dir = log_dir
         self.metrics_file = self.metrics_file_path = os.path.join(log_dir, METRICS_FILE)
+        self._previous = os.path.join(log_dir, PREVIOUS_FILE)
         self.keys: list[str] = []  # metric columns (without "step"), in order of first appearance
         self._pending: list[dict[str, str]] = []  # rows not yet on disk
         self._disk_keys: list[str] | None = None  # header of the file on disk; None: no file yet
         self._drop_from: int | None = None  # old rows with step >= this are replaced by ours
         self._resumed_at: int | None = None  # the step of the checkpoint this run resumed from
         self._started = False
+        self._wrote = False
+        if continues:
+            self._bring_back_previous()
+        elif files.isfile(self.metrics_file):
+            import warnings
+
+            warnings.warn(f"Experiment logs directory {log_dir} exists and is not empty. Previous log files in this "
+                          f"directory will be deleted when the new ones are saved!")
+            files.replace(self.metrics_file, self._previous)
+
+    def _bring_back_previous(self) -> None:
+        """A resumed run: the history a new-run writer moved aside in this folder is its history again."""
+        if not files.isfile(self.metrics_file) and files.isfile(self._previous):
+            files.replace(self._previous, self.metrics_file)
 
     @property
     def metrics(self) -> list[dict[str, str]]:
@@ -59,6 +81,7 @@ class CSVExperimentWriter:
         a micro-batch after that step's optimizer step).
         """
         if not self._started:
+            self._bring_back_previous()
             self._resumed_at = int(step)  # read at the first row, with the file's header
             return
         # The same writer goes on (another fit in this process): what it logged goes to disk, then the rows
@@ -101,6 +124,9 @@ class CSVExperimentWriter:
                 if fresh:
                     writer.writeheader()
                 writer.writerows(self._pending)
+        if not self._wrote:
+            self._wrote = True
+            files.remove(self._previous)  # this run's rows are on disk: a set-aside history goes
         self._disk_keys = list(self.keys)
         self._pending = []
         self._drop_from = None
@@ -171,12 +197,13 @@ class CSVLogger(Logger):
             raise ValueError(f"flush_logs_every_n_steps must be >= 1, got {flush_logs_every_n_steps}")
         self._flush_every = flush_logs_every_n_steps
         self._calls = 0
+        self._continues = False  # a checkpoint's logger state was loaded: the run folder's history goes on
 
     @property
     def experiment(self) -> CSVExperimentWriter:
         """The :class:`CSVExperimentWriter` for ``log_dir`` (created on first use; touches no disk)."""
         if self._experiment is None:
-            self._experiment = CSVExperimentWriter(self.log_dir)
+            self._experiment = CSVExperimentWriter(self.log_dir, continues=self._continues)
         return self._experiment
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -192,6 +219,7 @@ class CSVLogger(Logger):
     def resume_after(self, step: int) -> None:
         """The run resumed from a checkpoint of global step ``step``: rows of ``metrics.csv`` after it are
         replaced by the new run's, rows up to it are kept (the Trainer calls this at a resumed fit)."""
+        self._continues = True
         self.experiment.resume_after(step)
 
     def save(self) -> None:
@@ -208,3 +236,4 @@ class CSVLogger(Logger):
         if self._experiment is not None and not self._experiment.started:
             self._experiment = None
         super().load_state_dict(state)
+        self._continues = True

@@ -58,3 +58,13 @@ def replace(source: str, target: str) -> None:
         _fs(target).mv(source, target)
     else:
         os.replace(source, target)
+
+
+def remove(path: str) -> None:
+    """Delete the file ``path`` if it is there."""
+    if is_url(path):
+        fs = _fs(path)
+        if fs.isfile(path):
+            fs.rm_file(path)
+    elif os.path.lexists(path):
+        os.remove(path)
