@@ -155,6 +155,53 @@ def test_manual_step_with_closure():
     assert_same_weights(model, reference)
 
 
+class ScaledSGD(torch.optim.SGD):
+    """An optimizer whose step takes an extra keyword argument."""
+
+    def step(self, closure=None, scale=1.0):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+        super().step()
+        return loss
+
+
+@pytest.mark.parametrize("with_closure", [False, True])
+@pytest.mark.parametrize("precision", ["32-true", "16-mixed"])
+def test_manual_step_keyword_arguments_reach_the_optimizer(with_closure, precision):
+    class Scaled(Manual):
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            x, y = batch
+
+            def closure():
+                loss = F.mse_loss(self.net(x), y)
+                self.manual_backward(loss)
+                return loss
+
+            if with_closure:
+                opt.step(closure=closure, scale=0.0)
+            else:
+                closure()
+                opt.step(scale=0.0)  # every gradient zeroed by the optimizer itself: nothing moves
+            opt.zero_grad()
+
+        def configure_optimizers(self):
+            return ScaledSGD(self.parameters(), lr=0.1)
+
+    model = Scaled()
+    before = copy.deepcopy(model)
+    trainer = make_trainer(max_epochs=1, precision=precision)
+    trainer.fit(model, DataLoader(data(), batch_size=8))
+    assert trainer.global_step == 6
+    assert_same_weights(model, before, atol=0)
+
+
 # ---------------------------------------------------------------------------------------- a tiny GAN
 class ManualGAN(Module):
     def __init__(self):

@@ -473,12 +473,12 @@ class _OptimizerStep:
     def closure(self):
         return self._loss
 
-    def step(self, closure=None):
+    def step(self, closure=None, **kwargs):
         if closure is not None:
             closure()
         trainer = self._trainer
         trainer._before_optimizer_step(self.optimizer)
-        trainer.strategy.optimizer_step(self.optimizer)
+        trainer.strategy.optimizer_step(self.optimizer, **kwargs)  # kwargs: for the optimizer's own step
         self.stepped = True
         return self._loss
 

@@ -210,14 +210,15 @@ class OptimizerHandle:
         self.optimizer = optimizer
         self._trainer = trainer
 
-    def step(self, closure=None):
+    def step(self, closure=None, **kwargs):
         """Step the optimizer. ``closure`` (zero_grad, forward, ``manual_backward``, return the loss) is
         handed to the optimizer, which may call it several times (LBFGS); ``on_before_optimizer_step``
-        and gradient clipping follow each call, as they need its gradients."""
+        and gradient clipping follow each call, as they need its gradients. Other keyword arguments go to
+        the optimizer's own ``step`` (for optimizers whose ``step`` takes more than a closure)."""
         trainer = self._trainer
         if closure is None:
             trainer._before_optimizer_step(self.optimizer)
-            stepped = trainer.strategy.optimizer_step(self.optimizer)
+            stepped = trainer.strategy.optimizer_step(self.optimizer, **kwargs)
         else:
             def closure_then_hooks():
                 with torch.enable_grad():
@@ -225,7 +226,7 @@ class OptimizerHandle:
                 trainer._before_optimizer_step(self.optimizer)
                 return loss
 
-            stepped = trainer.strategy.optimizer_step(self.optimizer, closure_then_hooks)
+            stepped = trainer.strategy.optimizer_step(self.optimizer, closure_then_hooks, **kwargs)
         trainer.state.global_step += 1
         return stepped
 

@@ -54,10 +54,10 @@ class Precision:
     def unscale(self, optimizer) -> None:
         """Make gradients true-valued before clipping or inspecting them."""
 
-    def optimizer_step(self, optimizer, closure=None) -> bool:
-        """Step ``optimizer`` (handing it ``closure``, which LBFGS calls several times); return whether
-        it really stepped (a scaler may skip the step)."""
-        optimizer.step(closure)
+    def optimizer_step(self, optimizer, closure=None, **kwargs) -> bool:
+        """Step ``optimizer`` (handing it ``closure``, which LBFGS calls several times, and any keyword
+        arguments its ``step`` takes); return whether it really stepped (a scaler may skip the step)."""
+        optimizer.step(closure=closure, **kwargs)
         return True
 
     def check_optimizers(self, optimizers: list) -> None:
@@ -142,9 +142,9 @@ class MixedPrecision(Precision):
             self.scaler.unscale_(optimizer)
             self._unscaled.add(id(optimizer))
 
-    def optimizer_step(self, optimizer, closure=None) -> bool:
+    def optimizer_step(self, optimizer, closure=None, **kwargs) -> bool:
         if self.scaler is None:
-            optimizer.step(closure)
+            optimizer.step(closure=closure, **kwargs)
             return True
         if closure is not None:
             # GradScaler.step takes no closure: evaluate it once, then step on its gradients
@@ -156,7 +156,7 @@ class MixedPrecision(Precision):
             self._unscaled.discard(id(optimizer))
             return True
         scale = self.scaler.get_scale()
-        self.scaler.step(optimizer)
+        self.scaler.step(optimizer, **kwargs)
         self.scaler.update()
         self._unscaled.discard(id(optimizer))  # after the step: the closure may have unscaled (to clip)
         # The scaler lowers its scale exactly when it skipped the step for inf/NaN gradients.

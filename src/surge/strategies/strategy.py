@@ -158,8 +158,9 @@ class Strategy:
         (distributed strategies: :class:`~surge.strategies.collectives.NamedCollectives`). One process: nothing."""
         return _NOTHING
 
-    def optimizer_step(self, optimizer, closure=None) -> bool:
-        return self.precision.optimizer_step(optimizer, closure)
+    def optimizer_step(self, optimizer, closure=None, **kwargs) -> bool:
+        """Step ``optimizer`` through the precision; ``kwargs`` go on to the optimizer's own ``step``."""
+        return self.precision.optimizer_step(optimizer, closure, **kwargs)
 
     def clip_gradients(self, optimizer, value: float, algorithm: str) -> None:
         self.precision.unscale(optimizer)
