@@ -233,27 +233,25 @@ class FitLoop:
                 with NO_PROFILE if self.profiler is None else self.profiler.profile("training_step"):
                     output = strategy.step("training", *args, *extra)
                 loss = _check_step_output(output, manual=False, needs_grad=not owns_backward)
-                if loss is None:
-                    # As in Lightning: no backward, but the window's optimizer step still runs and counts in
-                    # global_step (with every gradient zeroed to None it changes no weight).
-                    if not self._warned_none_loss:
-                        self._warned_none_loss = True
-                        rank_zero_warn("`training_step` returned `None`: this batch has no backward; its optimizer "
-                                       "step changes no weights (no gradients) but still counts in global_step. "
-                                       "Return the loss to train on it; if skipping was on purpose, ignore this warning")
+                if loss is None and not self._warned_none_loss:
+                    self._warned_none_loss = True
+                    rank_zero_warn("`training_step` returned `None`: this batch has no backward; its optimizer "
+                                   "step changes no weights (no gradients) but still counts in global_step. "
+                                   "Return the loss to train on it; if skipping was on purpose, ignore this warning")
+                # A None loss, as in Lightning, has no backward but joins the window: its optimizer step still runs
+                # and counts in global_step (with every gradient zeroed to None it changes no weight).
+                if loss is None or self._check_finite(loss, batch_idx, opt_idx):  # False: on_nan="skip" dropped it
                     if not owns_backward:
                         self._zero_grad_at_window_start(opt_idx, optimizer, batch_idx)
-                    self._grads_pending.add(opt_idx)
-                elif self._check_finite(loss, batch_idx, opt_idx):  # False: on_nan="skip" dropped it
-                    if not owns_backward:
-                        self._zero_grad_at_window_start(opt_idx, optimizer, batch_idx)
-                    self._call("on_before_backward", loss)
-                    if not owns_backward:
-                        self._backward(loss / self.accumulate_grad_batches if self.accumulate_grad_batches > 1 else loss)
-                    self._call("on_after_backward")
-                    # fp16's grad scaler skips steps with inf gradients by design: not an anomaly there.
-                    if self.detect_anomaly and self.precision != "16-mixed":
-                        anomaly.check_gradients(module, self.state, batch_idx)
+                    if loss is not None:
+                        self._call("on_before_backward", loss)
+                        if not owns_backward:
+                            self._backward(loss / self.accumulate_grad_batches if self.accumulate_grad_batches > 1
+                                           else loss)
+                        self._call("on_after_backward")
+                        # fp16's grad scaler skips steps with inf gradients by design: not an anomaly there.
+                        if self.detect_anomaly and self.precision != "16-mixed":
+                            anomaly.check_gradients(module, self.state, batch_idx)
                     self._grads_pending.add(opt_idx)
             if self._step_takes_opt_idx:
                 module.untoggle_optimizer(optimizer)

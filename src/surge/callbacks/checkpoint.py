@@ -10,14 +10,14 @@ from typing import Literal, Optional, Union
 
 import torch
 
+from ..files import url_scheme
 from ..utils import MisconfigurationError, rank_zero_info, rank_zero_warn
 from .base import Callback
 
 
 def _is_url(path: str) -> bool:
     """Whether ``path`` names a remote or in-memory file system ("s3://...", "memory://..."), not a local path."""
-    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", path)
-    return scheme is not None and scheme.group(1).lower() != "file"
+    return url_scheme(path) not in (None, "file")
 
 
 class ModelCheckpoint(Callback):

@@ -7,8 +7,7 @@ from argparse import Namespace
 from collections.abc import Mapping
 from typing import Any
 
-from .. import dialect
-from . import files
+from .. import dialect, files
 
 HPARAMS_FILE = "hparams.yaml"
 _VERSION_DIR = re.compile(r"^version_(\d+)$")
@@ -190,7 +189,7 @@ def load_hparams_from_yaml(config_yaml: str | os.PathLike, use_omegaconf: bool =
     if not files.isfile(config_yaml):
         import warnings
 
-        warnings.warn(f"load_hparams_from_yaml: {os.fspath(config_yaml)!r} does not exist; returning no hyperparameters")
+        warnings.warn(f"load_hparams_from_yaml: {config_yaml!r} does not exist; returning no hyperparameters")
         return {}
     with files.open_file(config_yaml) as f:
         loaded = yaml.safe_load(f)

@@ -5,8 +5,7 @@ import csv
 import os
 from collections.abc import Mapping
 
-from .. import dialect
-from . import files
+from .. import dialect, files
 from .base import HPARAMS_FILE, Logger, to_number
 
 METRICS_FILE = "metrics.csv"

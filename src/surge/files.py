@@ -1,18 +1,28 @@
-"""Where the file loggers write: a local folder, or a URL that ``fsspec`` understands.
+"""Paths that may be URLs: a local folder, or a location that ``fsspec`` understands.
 
 ``CSVLogger("s3://bucket/runs")``, ``"gs://..."``, ``"memory://..."`` (fsspec comes with torch; the
 protocol's own package, such as ``s3fs``, must be installed). Local paths go through ``os`` directly:
-nothing is imported for them.
+nothing is imported for them. :func:`url_scheme` is also what ``ModelCheckpoint`` asks about its ``dirpath``.
 """
 from __future__ import annotations
 
 import os
-from typing import IO
+import re
+from typing import IO, Optional
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def url_scheme(path) -> Optional[str]:
+    """The protocol ``path`` names, lower-cased (``"s3"`` for ``"s3://bucket/x"``, ``"file"`` for
+    ``"file:///tmp/x"``), or ``None`` for a plain local path."""
+    match = _SCHEME.match(path) if isinstance(path, str) else None
+    return match.group(1).lower() if match else None
 
 
 def is_url(path) -> bool:
-    """Whether ``path`` names a location by protocol (``"s3://bucket/x"``) rather than a local path."""
-    return isinstance(path, str) and "://" in path
+    """Whether ``path`` names a location by protocol (``"s3://bucket/x"``, ``"file://..."``): fsspec opens it."""
+    return url_scheme(path) is not None
 
 
 def _fs(path: str):
