@@ -2,8 +2,10 @@
 # Every GPU path of surge in one call, under 8 minutes on one H100/H200:
 #   1. tests/gpu_checks.py: every precision, fp16 inf skip, fused Adam, TF32, the CUDA prefetcher, compile,
 #      CUDA graphs, DeviceStatsMonitor with NVML, ThroughputMonitor's MFU (pass / fail / skip per check);
-#   2. benchmarks/cuda_graph.py: tiny MLP us/step, plain / surge / surge+cuda_graphs / Lightning;
-#   3. benchmarks/gpt_mfu.py: GPT-2-small bf16 tokens/s, MFU and peak memory, plain / surge / Lightning,
+#   2. benchmarks/lightning_gan.py: Lightning's GAN example script, unmodified, in zero-edit mode (its main() asks
+#      for accelerator="gpu"); read from $PL_REPO or .lightning/ (bash benchmarks/lightning_checkout.sh GIT_DIR);
+#   3. benchmarks/cuda_graph.py: tiny MLP us/step, plain / surge / surge+cuda_graphs / Lightning;
+#   4. benchmarks/gpt_mfu.py: GPT-2-small bf16 tokens/s, MFU and peak memory, plain / surge / Lightning,
 #      eager (one step), then compiled (one step per run: a compile is what may hang).
 # Then one summary table on stdout and in gpu_check.md.
 #
@@ -70,10 +72,12 @@ timeout -k 2 60 "$PYTHON" benchmarks/cuda_probe.py --json "$OUT/json/env.json" >
 sed 's/^/   /' "$OUT/logs/env.log"
 grep -q '"torch_cuda": true' "$OUT/json/env.json" 2>/dev/null && export GPU_CHECK_SKIP_PROBE=1
 
-# Budget on an H100 (estimates, not yet measured): checks ~90 s (the compile check most of it), MLP ~30 s,
+# Budget on an H100 (estimates, not yet measured): checks ~90 s (the compile check most of it), the GAN ~30 s
+# (its offline MNIST is built on the CPU), MLP ~30 s,
 # GPT eager ~40 s, GPT compiled ~60-90 s for the first compile and less for the next two (the inductor
 # cache on disk is shared by the three processes).
 step tests 150 "$PYTHON" tests/gpu_checks.py --check-timeout 100 --json "$OUT/json/tests.json"
+step lightning-gan 60 "$PYTHON" benchmarks/lightning_gan.py --timeout 50 --json "$OUT/json/lightning-gan.json"
 step mlp 75 "$PYTHON" benchmarks/cuda_graph.py --pairs 3 --steps 300 --json "$OUT/json/mlp.json"
 GPT="benchmarks/gpt_mfu.py --batch 32 --warmup 5 --steps 15"
 step gpt-eager 90 "$PYTHON" $GPT --compile off --runs plain,surge,lightning --run-timeout 40 \

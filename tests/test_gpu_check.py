@@ -23,7 +23,7 @@ import gpu_check_report  # noqa: E402
 import lightning_import  # noqa: E402
 
 # step -> its limit in seconds, as gpu_check.sh declares them
-STEPS = {"tests": 150, "mlp": 75, "gpt-eager": 90, "gpt-compiled-plain": 150, "gpt-compiled-surge": 150,
+STEPS = {"tests": 150, "lightning-gan": 60, "mlp": 75, "gpt-eager": 90, "gpt-compiled-plain": 150, "gpt-compiled-surge": 150,
          "gpt-compiled-lightning": 150}
 ISSUE_LIMIT_S = 8 * 60
 
@@ -128,7 +128,7 @@ def test_the_limits_and_budget_are_what_the_script_says(cpu_run):
     assert 'timeout -k "$KILL_AFTER" "$limit" "$@"' in text
     calls = [line for line in text.splitlines()
              if re.search(r'"\$PYTHON" (\S+\.py|--version|\$GPT)|nvidia-smi --', line) and not line.lstrip().startswith("#")]
-    assert len(calls) == 8  # 4 step lines (one in a loop), --version, nvidia-smi, the probe, the report
+    assert len(calls) == 9  # 5 step lines (one in a loop), --version, nvidia-smi, the probe, the report
     for line in calls:
         assert re.match(r'\s*step ', line) or "timeout -k " in line, line
     assert 'timeout -k "$KILL_AFTER" "$REPORT_LIMIT" "$PYTHON" benchmarks/gpu_check_report.py' in text
@@ -183,9 +183,9 @@ def test_a_failing_crashing_or_timed_out_step_is_reported_as_such(tmp_path):
     proc, _ = run_check(out, python=str(fake))
     assert proc.returncode == 1, proc.stdout[-3000:]
     steps = steps_tsv(out)
-    assert [steps[n]["rc"] for n in STEPS] == [1, 3, 0, 0, 124, 0]
+    assert [steps[n]["rc"] for n in STEPS] == [1, 0, 3, 0, 0, 124, 0]
     md = read(out / "gpu_check.md")
-    assert steps_table(md) == {"tests": "failed (rc 1)", "mlp": "error (rc 3, no result)", "gpt-eager": "needs CUDA",
+    assert steps_table(md) == {"tests": "failed (rc 1)", "lightning-gan": "needs CUDA", "mlp": "error (rc 3, no result)", "gpt-eager": "needs CUDA",
                                "gpt-compiled-plain": "needs CUDA", "gpt-compiled-surge": "timeout",
                                "gpt-compiled-lightning": "needs CUDA"}
     assert "(not all passed)" in md
@@ -212,6 +212,7 @@ def test_the_report_fills_every_column_and_says_when_lightning_is_missing(tmp_pa
     dump("tests", {"status": "ok", "checks": [{"name": "precision_32-true", "status": "pass", "seconds": 2.0},
                                               {"name": "throughput_monitor_reports_mfu", "status": "skip",
                                                "seconds": 0.1, "detail": "not in the table"}]})
+    dump("lightning-gan", {"status": "ok", "seconds": 21.0, "detail": "step 4 reached, checkpoint written"})
     dump("mlp", {"status": "ok", "config": {"batch": 64, "steps": 300, "pairs": 3}, "rows": [
         {"run": "plain loop", "status": "ok", "us_per_step": 200.0, "ratio": 1.0, "peak_mem_mib": 3.0},
         {"run": "surge fit", "status": "ok", "us_per_step": 260.0, "ratio": 1.3, "peak_mem_mib": 3.0},
@@ -237,6 +238,8 @@ def test_the_report_fills_every_column_and_says_when_lightning_is_missing(tmp_pa
     assert "| surge | 390,000 | 40.0% | 31.0 | 495,000 | 50.0% | 20.0 |" in md
     assert f"| lightning |" + f" {missing} |" * 6 in md
     assert "## Checks (tests/gpu_checks.py): 1 pass, 1 skip; step ok" in md
+    assert ("## Lightning's GAN example, unmodified, zero-edit mode (benchmarks/lightning_gan.py): ok\n\n"
+            "step 4 reached, checkpoint written (21.0 s)") in md
     assert f"steps: {len(STEPS)} ok\n" in md
 
 
@@ -259,3 +262,45 @@ def test_the_torch_fallback_also_says_needs_cuda(tmp_path):
     assert "needs CUDA: cuda_graph.py" in proc.stdout and "torch sees no CUDA device" in proc.stdout
     result = json.loads(path.read_text())
     assert result["status"] == "needs CUDA" and "torch" in result and "probe" not in result
+
+
+# ------------------------------------------------------------------------------- Lightning's GAN example
+def run_gan(tmp_path, **env):
+    path = tmp_path / "gan.json"
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_CHECK_", "PL_"))}
+    full.update(env)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "lightning_gan.py"), "--json", str(path)],
+                          env=full, capture_output=True, text=True, timeout=300)
+    return proc, json.loads(path.read_text())
+
+
+def test_the_gan_step_without_a_lightning_checkout_says_so_and_is_no_failure(tmp_path):
+    proc, result = run_gan(tmp_path, GPU_CHECK_SKIP_PROBE="1", PL_REPO=str(tmp_path / "nowhere"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert result["status"] == "no Lightning checkout" and "lightning_checkout.sh" in result["detail"], result
+    assert gpu_check_report.step_status({"rc": 0}, result) == "no Lightning checkout"
+    assert gpu_check_report.passed("no Lightning checkout")
+
+
+def test_the_gan_step_reports_a_run_that_fails_as_failed(tmp_path):
+    """Told to skip the probe on this CPU machine, the step runs the real script, whose Trainer(accelerator="gpu")
+    surge refuses here: a failure, with surge's words in the detail, never "ok"."""
+    sys.path.insert(0, os.path.join(ROOT, "tests", "lightning_examples"))
+    import example_runs
+
+    try:
+        found = example_runs.read_example(example_runs.EXAMPLES["generative_adversarial_net"].path)
+    except example_runs.ExampleError as err:
+        pytest.skip(str(err))
+    if found is None:
+        pytest.skip(f"no Lightning checkout at {example_runs.lightning_repo()}")
+    proc, result = run_gan(tmp_path, GPU_CHECK_SKIP_PROBE="1", CUDA_VISIBLE_DEVICES="")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert result["status"] == "failed" and re.search(r"gpu|GPU|CUDA", result["detail"]), result
+    assert gpu_check_report.step_status({"rc": 1}, result) == "failed (rc 1)"
+
+
+def test_the_gan_step_without_cuda_needs_cuda(tmp_path):
+    proc, result = run_gan(tmp_path, CUDA_VISIBLE_DEVICES="")
+    assert proc.returncode == 0 and "needs CUDA: lightning_gan.py" in proc.stdout, proc.stdout + proc.stderr
+    assert result["status"] == "needs CUDA" and result["part"] == "lightning-gan"
