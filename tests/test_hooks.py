@@ -11,10 +11,11 @@ import torch
 import surge
 from surge.callbacks.base import Callback
 from surge.demos.toy import ToyModel
+from surge.module_hooks import ModuleHooks
 
 CALLBACK_HOOKS = [name for name in vars(Callback)
                   if (name.startswith("on_") or name in ("setup", "teardown")) and callable(vars(Callback)[name])]
-MODULE_HOOKS = [name for name in vars(surge.Module) if name.startswith("on_")] + [
+MODULE_HOOKS = [name for name in vars(ModuleHooks) if name.startswith("on_")] + [
     "setup", "teardown", "configure_model", "configure_optimizers", "optimizer_zero_grad", "lr_scheduler_step",
     "training_step", "validation_step", "test_step", "predict_step", "transfer_batch_to_device",
 ]
