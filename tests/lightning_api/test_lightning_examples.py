@@ -19,6 +19,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lightning_examples"))
 
 from example_runs import EXAMPLES, Example, ExampleError, check, lightning_repo, read_example  # noqa: E402
+from example_runs import run as run_example  # noqa: E402
 
 TIMEOUT_S = int(os.environ.get("SURGE_EXAMPLE_TIMEOUT", "900"))
 
@@ -31,10 +32,8 @@ def _read_example(path: str) -> str:
 
 
 def _run(ex: Example, text: str, tmp_path, extra_args=(), also=None):
-    import example_runs
-
     try:
-        return example_runs.run(ex, text, tmp_path, extra_args=extra_args, also=also, timeout=TIMEOUT_S)
+        return run_example(ex, text, tmp_path, extra_args=extra_args, also=also, timeout=TIMEOUT_S)
     except ExampleError as err:
         pytest.fail(str(err))
 
