@@ -3,7 +3,9 @@
 One invocation: the script starts two processes itself (torch.multiprocessing), they create one gloo
 process group, and both phases run in them, in alternating pairs so machine noise hits both alike.
 surge finds the process group already there and uses it. The ratio of medians is printed.
-Usage: python benchmarks/ddp_overhead.py [--pairs 10] [--steps 200] [--batch 64] [--width 256]
+``--aa`` runs the plain loop on both sides (an A/A run): how far the pair ratios stray from 1 with no
+difference at all, the resolution of the measurement on this machine.
+Usage: python benchmarks/ddp_overhead.py [--pairs 10] [--steps 200] [--batch 64] [--width 256] [--aa]
 """
 import argparse
 import os
@@ -91,15 +93,16 @@ def worker(rank: int, port: int, a) -> None:
                       MASTER_PORT=str(port))
     torch.set_num_threads(a.threads)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    plain(30, a.batch, a.width), with_surge(30, a.batch, a.width)  # warm-up
+    other = plain if a.aa else with_surge  # --aa: the plain loop against itself
+    plain(30, a.batch, a.width), other(30, a.batch, a.width)  # warm-up
     ours, base = [], []
     for i in range(a.pairs):
         # Which side runs first alternates, so a machine getting busier or quieter favours neither.
         if i % 2 == 0:
             base.append(plain(a.steps, a.batch, a.width))
-            ours.append(with_surge(a.steps, a.batch, a.width))
+            ours.append(other(a.steps, a.batch, a.width))
         else:
-            ours.append(with_surge(a.steps, a.batch, a.width))
+            ours.append(other(a.steps, a.batch, a.width))
             base.append(plain(a.steps, a.batch, a.width))
     b, s = statistics.median(base), statistics.median(ours)
     ratios = [y / x for x, y in zip(base, ours)]
@@ -107,10 +110,10 @@ def worker(rank: int, port: int, a) -> None:
         print(f"torch {torch.__version__}, {WORLD} processes x {a.threads} thread(s), gloo, MLP width {a.width}, "
               f"batch {a.batch} per process, {a.steps} steps x {a.pairs} pairs")
         print(f"plain DDP loop  {b * 1e6:8.1f} us/step (median)")
-        print(f"surge ddp       {s * 1e6:8.1f} us/step (median)")
+        print(f"{'plain again' if a.aa else 'surge ddp':15s} {s * 1e6:8.1f} us/step (median)")
         print(f"ratio of the medians: {s / b:.3f}")
         print(f"median of the pair ratios: {statistics.median(ratios):.3f} (pairs {min(ratios):.3f}-{max(ratios):.3f})")
-        print("pairs (plain, surge us/step): " + ", ".join(f"({x * 1e6:.0f}, {y * 1e6:.0f})" for x, y in zip(base, ours)))
+        print(f"pairs (plain, {'plain again' if a.aa else 'surge'} us/step): " + ", ".join(f"({x * 1e6:.0f}, {y * 1e6:.0f})" for x, y in zip(base, ours)))
     dist.barrier()  # gloo may abort a process whose peer tears down first
     dist.destroy_process_group()
 
@@ -121,6 +124,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--width", type=int, default=256)
+    p.add_argument("--aa", action="store_true", help="the plain loop on both sides (the instrument's own spread)")
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) // WORLD), help="torch threads per process")
     a = p.parse_args()
     mp.start_processes(worker, args=(find_free_port(), a), nprocs=WORLD, start_method="spawn")
