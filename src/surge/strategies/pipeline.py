@@ -230,7 +230,8 @@ class Pipeline(DDP):
                 micro = split_batch(batch, size, self.microbatches) if self.is_last else []
                 self._micro = MicroStep(micro, batch_idx, extra, schedule)
                 if self.is_last:  # the target of micro-batch i is i: the loss knows which micro-batch it is on
-                    step_kwargs = dict(step_kwargs, target=torch.arange(self.microbatches, device=self.root_device))
+                    # (on the CPU whatever the device: reading it back then never waits for the GPU)
+                    step_kwargs = dict(step_kwargs, target=torch.arange(self.microbatches))
                 try:
                     schedule.step(*args, **step_kwargs)
                 finally:

@@ -48,7 +48,7 @@ class MicroStep:
             # torch infers a new schedule's shapes with one forward and backward on placeholder activations:
             # any loss with a gradient will do there, and the user's step must not see placeholder data.
             return _zero_loss(output)
-        i = int(target.reshape(-1)[0])
+        i = int(target)  # a one-element CPU tensor (Pipeline.step): one read, no device sync
         logs = self.logs[i] = []
         with recording(module, logs):
             result = call_step(module, "training", output, self.batches[i], self.batch_idx, self.extra)
@@ -83,7 +83,9 @@ def call_step(module: torch.nn.Module, stage: str, output, batch, batch_idx: int
         return output
 
     saved = module.__dict__.get("forward", _MISSING)
-    module.forward = forward  # an instance attribute: nn.Module.__call__ runs it, hooks included
+    # An instance attribute: nn.Module.__call__ runs it, hooks included. Set past nn.Module.__setattr__ (a
+    # function is no parameter, buffer or submodule: its bookkeeping has nothing to do), once per micro-batch.
+    object.__setattr__(module, "forward", forward)
     try:
         result = getattr(module, name)(batch, batch_idx, *extra)
     except SurgeError:
@@ -95,9 +97,9 @@ def call_step(module: torch.nn.Module, stage: str, output, batch, batch_idx: int
         raise
     finally:
         if saved is _MISSING:
-            del module.forward
+            object.__delattr__(module, "forward")
         else:
-            module.forward = saved
+            object.__setattr__(module, "forward", saved)
     if not calls:
         raise MisconfigurationError(_one_call(name, "never called self(...)"))
     return result
@@ -240,7 +242,7 @@ def _loss_of(result) -> Optional[torch.Tensor]:
         else:
             what = f"a tensor of shape {tuple(result.shape)}" if isinstance(result, torch.Tensor) else type(result).__name__
         raise SurgeError(f"training_step must return a scalar loss tensor, a dict with 'loss', or None; got {what}")
-    return loss.reshape(())
+    return loss if loss.dim() == 0 else loss.reshape(())
 
 
 def _one_call(step: str, what: str) -> str:
