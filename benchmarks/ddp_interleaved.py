@@ -77,12 +77,12 @@ class Turns(surge.Callback):
         self.plain.append((self.last[0] - t0, self.last[1] - c0))
 
 
-def control_epoch(before: bool):
+def control_epoch(before: bool, width: int, batch_size: int):
     """A fit loop whose step is the plain step (a second model and loader): both sides then do the same work."""
 
     def epoch(self) -> None:
         n = self.num_training_batches
-        twin = PlainStep(n + 1, self._bench_width, self._bench_batch)
+        twin = PlainStep(n + 1, width, batch_size)
         for i in range(n):
             batch = next(twin.batches) if before else None
             self._call("on_train_batch_start", batch, i)
@@ -98,8 +98,7 @@ def worker(rank: int, port: int, a) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     if a.mode != "surge":
-        FitLoop._train_epoch = control_epoch(before=a.mode == "aa-before")
-        FitLoop._bench_width, FitLoop._bench_batch = a.width, a.batch
+        FitLoop._train_epoch = control_epoch(a.mode == "aa-before", a.width, a.batch)
     rows = []
     for _ in range(a.reps):
         turns = Turns(PlainStep(a.steps, a.width, a.batch))

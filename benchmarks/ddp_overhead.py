@@ -93,7 +93,7 @@ def worker(rank: int, port: int, a) -> None:
                       MASTER_PORT=str(port))
     torch.set_num_threads(a.threads)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    other = plain if a.aa else with_surge  # --aa: the plain loop against itself
+    other, other_name = (plain, "plain again") if a.aa else (with_surge, "surge")  # --aa: the plain loop against itself
     plain(30, a.batch, a.width), other(30, a.batch, a.width)  # warm-up
     ours, base = [], []
     for i in range(a.pairs):
@@ -110,10 +110,10 @@ def worker(rank: int, port: int, a) -> None:
         print(f"torch {torch.__version__}, {WORLD} processes x {a.threads} thread(s), gloo, MLP width {a.width}, "
               f"batch {a.batch} per process, {a.steps} steps x {a.pairs} pairs")
         print(f"plain DDP loop  {b * 1e6:8.1f} us/step (median)")
-        print(f"{'plain again' if a.aa else 'surge ddp':15s} {s * 1e6:8.1f} us/step (median)")
+        print(f"{other_name if a.aa else 'surge ddp':15s} {s * 1e6:8.1f} us/step (median)")
         print(f"ratio of the medians: {s / b:.3f}")
         print(f"median of the pair ratios: {statistics.median(ratios):.3f} (pairs {min(ratios):.3f}-{max(ratios):.3f})")
-        print(f"pairs (plain, {'plain again' if a.aa else 'surge'} us/step): " + ", ".join(f"({x * 1e6:.0f}, {y * 1e6:.0f})" for x, y in zip(base, ours)))
+        print(f"pairs (plain, {other_name} us/step): " + ", ".join(f"({x * 1e6:.0f}, {y * 1e6:.0f})" for x, y in zip(base, ours)))
     dist.barrier()  # gloo may abort a process whose peer tears down first
     dist.destroy_process_group()
 

@@ -14,7 +14,6 @@ here: answered without importing torch) or "no Lightning checkout" (nothing to r
 Usage: python benchmarks/lightning_gan.py [--json PATH] [--timeout 120]
 """
 import argparse
-import json
 import os
 import sys
 import tempfile
