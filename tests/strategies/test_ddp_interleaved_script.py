@@ -25,4 +25,13 @@ def test_tiny_run_prints_a_row_per_fit_with_both_clocks(mode):
     assert [r[0] for r in rows] == ["0", "1"], proc.stdout
     for _, pw, sw, ratio, pc, sc, cratio in rows:
         assert int(pw) > 0 and int(sw) > 0 and int(pc) > 0 and int(sc) > 0  # both sides ran steps, both clocks read
-        assert abs(float(ratio) - int(sw) / int(pw)) < 0.002 and abs(float(cratio) - int(sc) / int(pc)) < 0.002
+        assert _rounded_ratio_fits(ratio, sw, pw) and _rounded_ratio_fits(cratio, sc, pc), proc.stdout
+
+
+def _rounded_ratio_fits(ratio, num, den):
+    """The row prints each time rounded to a microsecond and the ratio of the unrounded times to three places:
+    the ratio must lie between the extremes that the rounded times allow."""
+    num, den, ratio = int(num), int(den), float(ratio)
+    low = (num - 0.5) / (den + 0.5) - 0.0005
+    high = (num + 0.5) / (den - 0.5) + 0.0005
+    return low <= ratio <= high
