@@ -357,12 +357,18 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass  # the group is empty: everything in it has exited
 
 
+_watching_parent: Optional[int] = None  # the pid the watch thread of this process looks after, once started
+
+
 def watch_parent() -> None:
     """In a child started by :class:`LocalLauncher`: exit when rank 0 goes away (killed, crashed), so
-    that no orphan waits in a collective for the process-group timeout."""
+    that no orphan waits in a collective for the process-group timeout. One thread per process, however
+    many stages (fit, validate, test...) call this."""
+    global _watching_parent
     parent = int(os.environ.get("SURGE_LAUNCHER_PID", "0"))
-    if not parent or os.getpid() == parent:
+    if not parent or os.getpid() == parent or _watching_parent == parent:
         return
+    _watching_parent = parent
 
     def watch() -> None:
         while True:

@@ -121,3 +121,18 @@ def test_surge_demo_uses_every_core_with_ddp_by_default(tmp_path):
     saved = (tmp_path / "surge_logs" / "version_0" / "config.yaml").read_text()
     processes = min(os.cpu_count() or 1, 4)
     assert f"devices: {processes}" in saved and ("strategy: ddp" in saved if processes > 1 else True)
+
+
+def test_a_launched_rank_watches_its_parent_with_one_thread_however_many_stages():
+    # fit, validate and test each set up the strategy's environment; the watch on rank 0 starts once.
+    code = ("import os, threading\n"
+            "from surge.launch import watch_parent\n"
+            "os.environ['SURGE_LAUNCHER_PID'] = str(os.getppid())\n"
+            "for _ in range(3):\n"
+            "    watch_parent()\n"
+            "print(sum(t.name == 'surge-parent-watch' for t in threading.enumerate()))\n")
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "src")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1"]
