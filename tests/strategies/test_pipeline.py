@@ -157,12 +157,20 @@ def run(c, out):
         result = trainer.validate(model, loader(c), ckpt_path=c["ckpt"], verbose=False)[0]
     with open(f"{out}/result{trainer.global_rank}.json", "w") as f:
         json.dump(result, f)
+    return trainer
+
+
+def groups_of(trainer, out):
+    """The process groups this process holds after the configuration, and its Trainer's mesh."""
+    held = getattr(getattr(torch.distributed.distributed_c10d, "_world", None), "pg_map", None)
+    with open(f"{out}/groups{trainer.global_rank}.json", "w") as f:
+        json.dump({"groups": None if held is None else len(held), "mesh": id(getattr(trainer.strategy, "mesh", None))}, f)
 
 
 for c in configs:
     out = f"{root}/{c['name']}"
     try:
-        run(c, out)
+        groups_of(run(c, out), out)
     except BaseException:
         # The ranks of one launch share a process group, so the configurations after this one cannot run.
         with open(f"{out}/error{os.environ.get('RANK', '0')}.txt", "w") as f:
@@ -273,6 +281,20 @@ def four_processes(tmp_path_factory, two_processes):
                config("val_fsdp_from_two", 4, "1F1B", stages=2, steps=2, mode="validate", ckpt=two_stage_ckpt,
                       dp="fsdp")]
     return launch(tmp_path_factory.mktemp("four_processes"), configs, timeout=540)
+
+
+def test_the_trainers_of_a_process_share_one_mesh_per_layout_and_make_no_new_groups(four_processes):
+    # The four processes run nine Trainers one after another: 1 x 4 stages ("four", "val_from_two") and
+    # 2 replicas x 2 stages (the rest). Each layout's mesh is built once; after the first 2 x 2 Trainer no
+    # Trainer adds a process group (each would be a rendezvous, and an NCCL communicator on GPUs).
+    order = ["four", "2x2", "2x2fsdp", "2x2fsdp_resume", "2x2_accum", "2x2fsdp_accum", "2x2fsdp_bf16", "val_from_two",
+             "val_fsdp_from_two"]
+    for rank in range(4):
+        seen = {name: json.loads((four_processes.out(name) / f"groups{rank}.json").read_text()) for name in order}
+        assert len({seen[n]["mesh"] for n in order if n.startswith("2x2")} | {seen["val_fsdp_from_two"]["mesh"]}) == 1
+        assert seen["four"]["mesh"] == seen["val_from_two"]["mesh"] != seen["2x2"]["mesh"]
+        if seen["2x2"]["groups"] is not None:  # (torch's own count of this process's groups)
+            assert {seen[n]["groups"] for n in order[1:]} == {seen["2x2"]["groups"]}, seen
 
 
 @pytest.mark.parametrize("name", ["single", "two_processes", "four_processes"])

@@ -33,6 +33,7 @@ from .ddp import DDP, _StepRouter
 from .fsdp_checkpoint import (META_FILE, PendingSave, _optim_ids_to_names, _optim_names_to_ids,  # noqa: F401
                               _read_meta, commit_folder, consolidate, main, read_sharded_checkpoint)
 from .fsdp_commit import agree_on_failure, save_sharded
+from .mesh import device_mesh, once_per_group
 from .strategy import register
 
 STATE_DICT_TYPES = ("sharded", "full")
@@ -154,15 +155,14 @@ class FSDP(DDP):
             self.cluster.main_port = find_free_port()
         super().setup_environment()
         if self.mesh is None:
-            from torch.distributed.device_mesh import init_device_mesh
-
             shape, names = (self.hsdp, ("replicate", "shard")) if self.hsdp else ((self.world_size,), ("shard",))
-            self.mesh = init_device_mesh(self.root_device.type, shape, mesh_dim_names=names)
+            self.mesh = device_mesh(self.root_device.type, shape, names)  # shared by this process's Trainers
         if self.async_save and self._ckpt_group is None:
             # The background thread's collectives (DCP plans and results) must not interleave with the
             # training's all-gathers on the default group, and async_save needs a CPU backend even when
             # training runs on NCCL: a group of its own, on gloo.
-            self._ckpt_group = dist.new_group(backend="gloo", timeout=self.timeout)
+            self._ckpt_group = once_per_group(("checkpoint", "gloo", self.timeout),
+                                              lambda: dist.new_group(backend="gloo", timeout=self.timeout))
 
     def _fsdp_kwargs(self, root: bool = False) -> dict:
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy

@@ -37,6 +37,7 @@ import torch.distributed as dist
 from ..precision import MixedPrecision, agreeing_scaler
 from ..utils import MisconfigurationError
 from .ddp import DDP
+from .mesh import device_mesh
 from .model_parallel import StageModule, find_body, keep_only, plan_split
 from .pipeline_fsdp import (DATA_PARALLEL, full_optimizer_state, full_state, gradients_kept, like, local,
                             shard_optimizer_state, shard_stages)
@@ -149,9 +150,7 @@ class Pipeline(DDP):
             os.environ["MASTER_PORT"] = str(find_free_port())  # a one-stage pipeline still needs a group
         super().setup_environment()
         if self.mesh is None:
-            from torch.distributed.device_mesh import init_device_mesh
-
-            self.mesh = init_device_mesh(self.root_device.type, (self.dp, self.pp), mesh_dim_names=("dp", "pp"))
+            self.mesh = device_mesh(self.root_device.type, (self.dp, self.pp), ("dp", "pp"))  # shared by this process's Trainers
             self.pp_group, self.dp_group = self.mesh.get_group("pp"), self.mesh.get_group("dp")
             self.pp_rank, self.dp_rank = self.mesh.get_local_rank("pp"), self.mesh.get_local_rank("dp")
 
