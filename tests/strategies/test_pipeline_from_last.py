@@ -1,9 +1,13 @@
 """FromLast, which sends a pipeline step's result and logs from the last stage to every stage: two real gloo
 processes send a sequence of payloads of every kind, and each stage must end up with what the last stage
-had (values, dtypes, options), with a payload of an already seen layout sent as one tensor, not pickled."""
+had (values, dtypes, options), with a payload of an already seen layout sent as one tensor, not pickled.
+Both ways: one broadcast per step (NCCL), and receives posted before the step with point-to-point sends
+(gloo), the values arriving before or after the receiving stage asks for them."""
 import os
 import pickle
+import time
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -39,9 +43,10 @@ def payloads() -> list:
     ]
 
 
-def worker(rank: int, port: int, out: str) -> None:
+def worker(rank: int, port: int, out: str, posted: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
+    group = dist.new_group([0, 1], backend="gloo") if posted else None
     pickled = []
     original = dist.broadcast_object_list
 
@@ -51,10 +56,13 @@ def worker(rank: int, port: int, out: str) -> None:
 
     dist.broadcast_object_list = counting
     channel, got = FromLast(), []
-    for payload, _ in payloads():
+    for step, (payload, _) in enumerate(payloads()):
         before = len(pickled)
-        received = channel.send(payload if rank == 1 else None, rank == 1, 1, None, torch.device("cpu"),
-                                torch.device("cpu"))
+        receive = channel.post(1, group, torch.device("cpu")) if posted and rank == 0 else None
+        if posted and step % 2 == rank:  # the "step": the values come late on even steps, early on odd ones
+            time.sleep(0.05)
+        received = channel.send(payload if rank == 1 else None, rank == 1, 1, group, torch.device("cpu"),
+                                torch.device("cpu"), receive, p2p=posted)
         got.append((received, len(pickled) == before))
     with open(f"{out}/rank{rank}.pkl", "wb") as f:
         pickle.dump((got, len(channel.layouts)), f)
@@ -72,8 +80,9 @@ def same(a, b) -> bool:
     return a == b
 
 
-def test_every_stage_gets_what_the_last_stage_left(tmp_path):
-    mp.start_processes(worker, args=(find_free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+@pytest.mark.parametrize("posted", [False, True], ids=["broadcast", "posted"])
+def test_every_stage_gets_what_the_last_stage_left(tmp_path, posted):
+    mp.start_processes(worker, args=(find_free_port(), str(tmp_path), posted), nprocs=2, start_method="spawn")
     expected = payloads()
     for rank in (0, 1):
         with open(tmp_path / f"rank{rank}.pkl", "rb") as f:

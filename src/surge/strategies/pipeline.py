@@ -37,7 +37,7 @@ import torch.distributed as dist
 from ..precision import MixedPrecision, agreeing_scaler
 from ..utils import MisconfigurationError
 from .ddp import DDP
-from .mesh import device_mesh
+from .mesh import device_mesh, once_per_group
 from .model_parallel import StageModule, find_body, keep_only, plan_split
 from .pipeline_fsdp import (DATA_PARALLEL, full_optimizer_state, full_state, gradients_kept, like, local,
                             shard_optimizer_state, shard_stages)
@@ -130,6 +130,7 @@ class Pipeline(DDP):
         self._sync = True
         self._micro: Optional[MicroStep] = None  # the training batch now in the schedule
         self._from_last_channel = FromLast()
+        self._from_last_group = None  # gloo: the group FromLast uses, posted before each step (else pp_group)
 
     # ------------------------------------------------------------------ set-up
     def configure(self, accelerator, device_ids, num_nodes, precision) -> None:
@@ -153,6 +154,14 @@ class Pipeline(DDP):
             self.mesh = device_mesh(self.root_device.type, (self.dp, self.pp), ("dp", "pp"))  # shared by this process's Trainers
             self.pp_group, self.dp_group = self.mesh.get_group("pp"), self.mesh.get_group("dp")
             self.pp_rank, self.dp_rank = self.mesh.get_local_rank("pp"), self.mesh.get_local_rank("dp")
+        if self.pp > 1 and self._from_last_group is None and dist.get_backend(self.pp_group) == "gloo":
+            # What the last stage leaves travels on a group of its own, so the other stages can post its
+            # receive before the step (FromLast.post) without meeting the schedule's send/recv. (Under NCCL
+            # a receive posted early would hold a kernel on the device for the whole step: not done there.)
+            rows = tuple(tuple(row) for row in self.mesh.mesh.tolist())  # each replica's pipeline, by global rank
+            groups = once_per_group(("from_last", rows, self.timeout), lambda: [
+                dist.new_group(list(row), backend="gloo", timeout=self.timeout) for row in rows])  # every rank, every row
+            self._from_last_group = groups[self.dp_rank]
 
     def setup_module(self, module: torch.nn.Module) -> None:
         if self._split_of is module:  # fit() then test(): the module is already this rank's stage
@@ -223,6 +232,9 @@ class Pipeline(DDP):
         schedule, step_kwargs = self._schedule(training, inputs)
         args = (inputs,) if self.is_first else ()
         payload = None
+        posted = None
+        if self._from_last_group is not None and not self.is_last:
+            posted = self._from_last_channel.post(self._last_src, self._from_last_group, torch.device("cpu"))
         # (fsdp: a new schedule's first step drops the gradients; those of an accumulation window are kept)
         with self.precision.autocast(), gradients_kept(self.module, self.data_parallel == "fsdp"):
             if training:
@@ -243,7 +255,7 @@ class Pipeline(DDP):
                     logs: list = []
                     with recording(self.module, logs):
                         payload = call_step(self.module, stage, output, batch, batch_idx, extra), logs
-        result, logs = self._from_last(payload)
+        result, logs = self._from_last(payload, posted)
         if training and self._sync and self.dp > 1 and self.data_parallel == "replicate":
             self._average_gradients()  # (fsdp: the schedule's last backward reduce-scattered them)
         device = self._collective_device() if self.dp > 1 else None  # only a sync across replicas needs one
@@ -287,10 +299,14 @@ class Pipeline(DDP):
         scaler = getattr(self.precision, "scaler", None)  # "16-mixed": the backward runs on the scaled loss
         return loss if scaler is None else scaler.scale(loss)
 
-    def _from_last(self, payload):
-        """``payload`` (the step's result and its logs) from the last stage, on every stage of the pipeline."""
+    def _from_last(self, payload, posted=None):
+        """``payload`` (the step's result and its logs) from the last stage, on every stage of the pipeline;
+        ``posted``: the receive this stage posted before the step."""
         if self.pp == 1:
             return payload
+        if self._from_last_group is not None:
+            return self._from_last_channel.send(payload, self.is_last, self._last_src, self._from_last_group,
+                                                torch.device("cpu"), self.root_device, posted, p2p=True)
         return self._from_last_channel.send(payload, self.is_last, self._last_src, self.pp_group,
                                             self._collective_device(), self.root_device)
 
