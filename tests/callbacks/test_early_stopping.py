@@ -167,3 +167,43 @@ def test_a_subclass_overriding_the_check_is_called_once_per_check(tmp_path):
     Counting.calls = 0
     fit(tmp_path / "train", [1.0] * 10, Counting("train_score", patience=100), val=False, max_epochs=3)
     assert Counting.calls == 3
+
+
+def test_a_subclass_decides_through_evaluate_stopping_criteria(tmp_path):
+    # Lightning's contract, which subclasses override: (should_stop, reason) for the monitored value.
+    class StopOnSecondCheck(EarlyStopping):
+        def __init__(self):
+            super().__init__("score", patience=100)
+            self.seen = []
+
+        def _evaluate_stopping_criteria(self, current):
+            self.seen.append(float(current))
+            should_stop, reason = super()._evaluate_stopping_criteria(current)  # keeps best_score and the count
+            return len(self.seen) == 2, reason if len(self.seen) < 2 else "my own reason"
+
+    es = StopOnSecondCheck()
+    t, model = fit(tmp_path, [1.0, 0.5, 0.25, 0.1], es)
+    assert es.seen == [1.0, 0.5] and model.epochs_run == 2 and t.should_stop
+    assert es.stopping_reason_message == "my own reason" and es.stopped_epoch == 1
+    assert float(es.best_score) == 0.5 and es.monitor_op is torch.lt and EarlyStopping("x", mode="max").monitor_op is torch.gt
+
+
+def test_verbose_messages_carry_the_rank_and_log_rank_zero_only_keeps_rank_0s(capsys):
+    class Ranked:
+        def __init__(self, rank, world):
+            self.global_rank, self.world_size = rank, world
+
+    for (rank, world, zero_only), expected in {(0, 1, False): "bar", (0, 2, False): "[rank: 0] bar",
+                                                (1, 2, False): "[rank: 1] bar", (0, 1, True): "bar",
+                                                (0, 2, True): "[rank: 0] bar", (1, 2, True): ""}.items():
+        EarlyStopping._log_info(Ranked(rank, world), "bar", zero_only)
+        assert capsys.readouterr().out.strip() == expected, (rank, world, zero_only)
+    assert EarlyStopping("x", log_rank_zero_only=True).log_rank_zero_only
+
+
+def test_verbose_messages_go_to_logging_when_it_shows_them(tmp_path, capsys, caplog):
+    caplog.set_level("INFO", logger="surge.callbacks.early_stopping")
+    fit(tmp_path, [1.0, 0.5, 0.6, 0.7], EarlyStopping("score", patience=2, verbose=True), max_epochs=4)
+    said = [r.getMessage() for r in caplog.records if r.name == "surge.callbacks.early_stopping"]
+    assert said[0] == "EarlyStopping: score improved to 1" and "did not improve in the last 2 checks" in said[-1]
+    assert "EarlyStopping" not in capsys.readouterr().out  # shown by logging, so not printed as well
