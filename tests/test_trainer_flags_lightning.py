@@ -428,6 +428,28 @@ def test_min_steps_keep_fit_going_past_an_early_stop(tmp_path):
     assert trainer.global_step == 5 and model.trained == 5
 
 
+def test_a_stop_asked_before_min_steps_stays_asked_and_ends_fit_at_min_steps_after_a_validation(tmp_path, capsys):
+    # 4 batches an epoch; the stop is asked once, at the first epoch's end; min_steps=10 falls inside epoch 2.
+    seen = []
+
+    class AsksOnce(Counting):
+        def on_train_epoch_end(self):
+            self.trainer.should_stop = self.trainer.should_stop or self.current_epoch == 0
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            seen.append((self.trainer.global_step, self.trainer.should_stop, self.validated))
+
+    model = AsksOnce()
+    trainer = quiet(default_root_dir=tmp_path, min_steps=10, max_epochs=10, limit_train_batches=4, limit_val_batches=2,
+                    num_sanity_val_steps=0)
+    trainer.fit(model)
+    assert trainer.global_step == 10 and model.trained == 10 and trainer.should_stop
+    assert [asked for _, asked, _ in seen] == [False] * 4 + [True] * 6, seen  # asked once, never cleared
+    # validations: at the end of epochs 0 and 1 (2 batches each), then once more at step 10, where fit stops
+    assert model.validated == 6 and seen[-1][2] == 4
+    assert capsys.readouterr().out.count("min_steps=10 has not been met. Training will continue") == 1
+
+
 def test_train_loader_of_known_length_with_overfit_fraction(tmp_path):
     model = Counting()
     model.validation_step = None

@@ -58,6 +58,7 @@ class FitLoop:
     def _run_epochs(self) -> None:
         """Train epoch after epoch until fit is done (also the tuner's trials, with their own limits)."""
         state = self.state
+        self._said_minimum_not_met = False
         while not self._fit_done():
             if state.batch_idx == 0 and self._setup_train_data():  # a reload due at this epoch's start
                 self._warn_if_fewer_batches_than_log_interval()
@@ -91,12 +92,23 @@ class FitLoop:
         if self.max_steps != -1 and s.global_step >= self.max_steps:
             return True
         if s.should_stop:
-            min_epochs_ok = self.min_epochs is None or s.epoch >= self.min_epochs
-            min_steps_ok = self.min_steps is None or s.global_step >= self.min_steps
-            if min_epochs_ok and min_steps_ok:
+            if self._can_stop_early():
                 return True
-            s.should_stop = False  # EarlyStopping asked too early: keep going until the minimum
+            if not self._said_minimum_not_met:  # asked too early: should_stop stays set, fit goes on to the minimum
+                self._said_minimum_not_met = True
+                rank_zero_info(f"Trainer was signaled to stop but the required min_epochs={self.min_epochs} or "
+                               f"min_steps={self.min_steps} has not been met. Training will continue...")
         return False
+
+    def _can_stop_early(self) -> bool:
+        """Whether ``should_stop`` may end fit now: ``min_epochs`` epochs done and ``min_steps`` steps taken.
+        Checked at every batch end, so fit ends at the first one where both hold (inside an epoch, too)."""
+        s = self.state
+        return (self.min_epochs is None or s.epoch >= self.min_epochs) and \
+            (self.min_steps is None or s.global_step >= self.min_steps)
+
+    def _stopping_now(self) -> bool:
+        return self.state.should_stop and self._can_stop_early()
 
     def _train_epoch(self) -> None:
         """One pass over the training data, with validation where ``val_check_interval`` says."""
@@ -137,14 +149,17 @@ class FitLoop:
             self._log_step_metrics()
             if self._flush_due:  # this step was checkpointed: its rows reach the disk right after the checkpoint
                 self._flush_loggers()
-            if self._val_due(batch_idx, limit, end_of_epoch=False):
+            # A stop about to happen inside the epoch validates first (if this epoch validates), as Lightning does;
+            # at the epoch's last batch the epoch-end validation below is that one.
+            if self._val_due(batch_idx, limit, end_of_epoch=False) or (
+                    state.should_stop and batch_idx + 1 != limit and self._stopping_now() and self._validates_now()):
                 self._validation_in_fit()
                 if self._flush_due:
                     self._flush_loggers()
             self._flush_due = False
             if not self._grads_pending and not self._nan.dropped and self._preemption.due(self):
                 self._preempt()
-            if state.should_stop or (self.max_steps != -1 and state.global_step >= self.max_steps):
+            if (state.should_stop and self._stopping_now()) or (self.max_steps != -1 and state.global_step >= self.max_steps):
                 exhausted = batch_idx + 1 >= limit
                 break
         empty = batch_idx == -1 and skip == 0  # an iterable that yields nothing: the epoch ends, as it is
@@ -156,7 +171,7 @@ class FitLoop:
                 self._nan.window_end(len(self.optimizers))
             # From here on a checkpoint records "epoch done": a resume starts the next one.
             self._epoch_finished = True
-            if self._val_due(batch_idx, limit, end_of_epoch=True):
+            if self._val_due(batch_idx, limit, end_of_epoch=True) or (self._stopping_now() and self._validates_now()):
                 self._validation_in_fit()
         self._results = results
         self._epoch_end("train")
@@ -373,6 +388,10 @@ class FitLoop:
                     continue
             self._results.hook = "lr_scheduler_step"
             self.module.lr_scheduler_step(config.scheduler, metric)
+
+    def _validates_now(self) -> bool:
+        """Whether this fit validates in the current epoch (``check_val_every_n_epoch``)."""
+        return self._validates_in_fit and self._validates_on_epoch(self.state.epoch)
 
     def _val_due(self, batch_idx: int, limit, end_of_epoch: bool) -> bool:
         if not self._validates_in_fit:
