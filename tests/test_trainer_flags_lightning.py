@@ -450,6 +450,19 @@ def test_a_stop_asked_before_min_steps_stays_asked_and_ends_fit_at_min_steps_aft
     assert capsys.readouterr().out.count("min_steps=10 has not been met. Training will continue") == 1
 
 
+def test_a_stop_asked_in_the_last_batchs_validation_validates_once(tmp_path):
+    # val_check_interval=4 of 4 batches: the validation at the last batch is the check; it asks to stop.
+    class StopsInValidation(Counting):
+        def on_validation_end(self):
+            self.trainer.should_stop = True
+
+    model = StopsInValidation()
+    trainer = quiet(default_root_dir=tmp_path, max_epochs=3, limit_train_batches=4, val_check_interval=4,
+                    limit_val_batches=2, num_sanity_val_steps=0)
+    trainer.fit(model)
+    assert trainer.global_step == 4 and model.validated == 2  # one validation of 2 batches, not a second for the stop
+
+
 def test_train_loader_of_known_length_with_overfit_fraction(tmp_path):
     model = Counting()
     model.validation_step = None

@@ -107,9 +107,6 @@ class FitLoop:
         return (self.min_epochs is None or s.epoch >= self.min_epochs) and \
             (self.min_steps is None or s.global_step >= self.min_steps)
 
-    def _stopping_now(self) -> bool:
-        return self.state.should_stop and self._can_stop_early()
-
     def _train_epoch(self) -> None:
         """One pass over the training data, with validation where ``val_check_interval`` says."""
         module, strategy, state = self.module, self.strategy, self.state
@@ -119,7 +116,7 @@ class FitLoop:
         module.train()
         self._call("on_train_epoch_start")
         skip, read_and_drop = self._position_epoch()
-        batch_idx, exhausted = -1, True
+        batch_idx, exhausted, validated_at = -1, True, None
         batches = self._speed.wrap_train_loader(self, self._train_loader)  # CUDA: next batch copies during this step
         batch_end_listened = self._listened("on_train_batch_end")
         for batch_idx, batch in enumerate(batches, start=0 if read_and_drop else skip):
@@ -152,14 +149,15 @@ class FitLoop:
             # A stop about to happen inside the epoch validates first (if this epoch validates), as Lightning does;
             # at the epoch's last batch the epoch-end validation below is that one.
             if self._val_due(batch_idx, limit, end_of_epoch=False) or (
-                    state.should_stop and batch_idx + 1 != limit and self._stopping_now() and self._validates_now()):
+                    state.should_stop and batch_idx + 1 != limit and self._can_stop_early() and self._validates_now()):
                 self._validation_in_fit()
+                validated_at = batch_idx
                 if self._flush_due:
                     self._flush_loggers()
             self._flush_due = False
             if not self._grads_pending and not self._nan.dropped and self._preemption.due(self):
                 self._preempt()
-            if (state.should_stop and self._stopping_now()) or (self.max_steps != -1 and state.global_step >= self.max_steps):
+            if (state.should_stop and self._can_stop_early()) or (self.max_steps != -1 and state.global_step >= self.max_steps):
                 exhausted = batch_idx + 1 >= limit
                 break
         empty = batch_idx == -1 and skip == 0  # an iterable that yields nothing: the epoch ends, as it is
@@ -171,8 +169,9 @@ class FitLoop:
                 self._nan.window_end(len(self.optimizers))
             # From here on a checkpoint records "epoch done": a resume starts the next one.
             self._epoch_finished = True
-            if self._val_due(batch_idx, limit, end_of_epoch=True) or (self._stopping_now() and self._validates_now()):
-                self._validation_in_fit()
+            if self._val_due(batch_idx, limit, end_of_epoch=True) or (
+                    state.should_stop and self._can_stop_early() and self._validates_now() and validated_at != batch_idx):
+                self._validation_in_fit()  # (a stop asked in the last batch's own validation does not validate again)
         self._results = results
         self._epoch_end("train")
         self._results = Results("train", strategy)  # the next epoch's (its on_train_epoch_start logs there)

@@ -40,7 +40,7 @@ class EarlyStopping(Callback):
 
     After fit, ``stopping_reason`` is an :class:`EarlyStoppingReason` (``NOT_STOPPED`` when it did not
     stop the run) and ``stopping_reason_message`` says why in words (None when it did not stop it); both
-    are saved in checkpoints. ``verbose=True`` prints each improvement and the reason for stopping.
+    are saved in checkpoints.
 
     Example::
 
