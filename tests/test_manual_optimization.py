@@ -9,6 +9,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from surge import Module, Trainer
 
+from launch_env import clear_launch_vars
+
 
 def make_trainer(**kwargs):
     base = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -373,8 +375,7 @@ def test_manual_optimization_under_ddp_fsdp_or_pipeline_is_a_clear_error(strateg
             self.manual_backward(super().training_step(batch, batch_idx))
             opt.step()
 
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID", "SURGE_LAUNCHER_PID"):
-        monkeypatch.delenv(key, raising=False)
+    clear_launch_vars(monkeypatch)
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(find_free_port()))
     trainer = make_trainer(strategy=strategy, max_steps=2)

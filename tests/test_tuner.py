@@ -22,6 +22,8 @@ from surge.callbacks import BatchSizeFinder, Callback, LearningRateFinder
 from surge.tuner import LRFinder, Tuner, get_hparam, has_hparam, set_hparam
 from surge.utils import MisconfigurationError
 
+from launch_env import child_env
+
 QUIET = dict(enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False)
 
 
@@ -411,9 +413,7 @@ DDP_SCRIPT = textwrap.dedent('''
 def test_ddp_ranks_record_one_curve_and_agree_on_the_suggestion(tmp_path):
     script = tmp_path / "ddp_lr_find.py"
     script.write_text(DDP_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k not in (
-        "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR", "TORCHELASTIC_RUN_ID", "SURGE_LAUNCHER_PID",
-        "NODE_RANK")}
+    env = child_env()
     proc = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -14,6 +14,8 @@ import surge
 from surge.callbacks import BasePredictionWriter
 from surge.utils import MisconfigurationError
 
+from launch_env import child_env
+
 X = torch.arange(10, dtype=torch.float32).unsqueeze(1)  # sample i is the number i
 
 
@@ -151,8 +153,7 @@ assert trainer.predict(Doubler(), DataLoader(TensorDataset(X), batch_size=2), re
 def test_under_ddp_each_rank_writes_its_own_share(tmp_path):
     script = tmp_path / "predict_ddp.py"
     script.write_text(DDP_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT",
-                                                             "MASTER_ADDR", "NODE_RANK", "TORCHELASTIC_RUN_ID")}
+    env = child_env()
     proc = subprocess.run([sys.executable, str(script), str(tmp_path), os.path.dirname(__file__)], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -13,6 +13,8 @@ import surge
 from surge.callbacks import Callback, ModelCheckpoint, StochasticWeightAveraging
 from surge.utils import MisconfigurationError
 
+from launch_env import clear_launch_vars
+
 
 def data(n=24, batch_size=8):
     g = torch.Generator().manual_seed(0)
@@ -200,8 +202,7 @@ def test_two_optimizers_are_refused(tmp_path):
 def test_ddp_two_processes_average_as_one(tmp_path, monkeypatch):
     # Global batch 8: 4 per rank on two spawned gloo ranks, 8 in one process; the same weights each epoch, so the
     # same average. (Net is at module level so that the spawned processes can import it.)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR", "TORCHELASTIC_RUN_ID"):
-        monkeypatch.delenv(key, raising=False)
+    clear_launch_vars(monkeypatch)
     swa = lambda: StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=2)  # noqa: E731
     quiet = dict(max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                  enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu")
@@ -221,8 +222,7 @@ def test_ddp_two_processes_average_as_one(tmp_path, monkeypatch):
 def test_ddp_batch_norm_statistics_are_the_mean_over_every_ranks_batches(tmp_path, monkeypatch):
     # Each rank runs the BN pass over its own shard (every other sample, in batches of 4); the statistics every
     # rank ends with are the mean over all six batches, computed here by hand from the averaged weights.
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR", "TORCHELASTIC_RUN_ID"):
-        monkeypatch.delenv(key, raising=False)
+    clear_launch_vars(monkeypatch)
     module = Net(batch_norm=True)
     surge.Trainer(default_root_dir=str(tmp_path), strategy="ddp_spawn", devices=2, accelerator="cpu", max_epochs=3,
                   callbacks=[StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=1)], logger=False,

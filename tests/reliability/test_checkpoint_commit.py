@@ -21,6 +21,8 @@ import torch
 from surge.checkpoint import CheckpointWriteError, load_checkpoint
 from surge.strategies.fsdp_checkpoint import PendingSave, commit_folder, read_sharded_checkpoint
 
+from launch_env import child_env
+
 DRIVER = r'''
 import errno, json, os, pathlib, random, shutil, signal, sys, time, traceback
 import torch
@@ -413,8 +415,7 @@ def driver(tmp_path_factory):
               "single_kills": 30, "fsdp_kills": 5, "tmpfs": str(mount) if mounted else None}
     (root / "config.json").write_text(json.dumps(config))
     (root / "driver.py").write_text(DRIVER)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT",
-                                                            "MASTER_ADDR", "TORCHELASTIC_RUN_ID", "SURGE_LAUNCHER_PID")}
+    env = child_env()
     try:
         proc = subprocess.run([sys.executable, str(root / "driver.py"), str(root)], cwd=root, env=env, text=True,
                               capture_output=True, timeout=300)

@@ -28,6 +28,8 @@ from surge.checkpoint import CheckpointError, load_checkpoint
 from surge.demos.toy import ToyModel
 from surge.strategies.fsdp_checkpoint import consolidate, read_sharded_checkpoint
 
+from launch_env import child_env
+
 QUIET = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
              enable_model_summary=False)
 
@@ -75,9 +77,7 @@ class _RunsCode:
 
 
 def _run(args, cwd, timeout=180):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT",
-                                                            "MASTER_ADDR", "TORCHELASTIC_RUN_ID")}
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(args, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ from surge.demos.toy import ToyModel, ToyDataset
 from surge.launch import detect_environment
 from torch.utils.data import DataLoader
 
+from launch_env import clear_launch_vars
+
 
 class _RunsCode:
     """Unpickling this (torch.load(weights_only=False)) would create the marker file."""
@@ -86,9 +88,7 @@ def test_hyperparameters_are_saved_as_plain_data(tmp_path):
 
 
 def test_rendezvous_binds_loopback_for_single_machine_runs(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
-                "SLURM_NTASKS", "NODE_RANK"):
-        monkeypatch.delenv(key, raising=False)
+    clear_launch_vars(monkeypatch)
     env = detect_environment(devices=2, num_nodes=1)
     assert env.kind == "local" and env.main_address == "127.0.0.1"
     from surge.launch import find_free_port

@@ -18,6 +18,8 @@ import surge
 from surge.strategies.ddp import DDP
 from surge.utils import MisconfigurationError
 
+from launch_env import child_env
+
 SCRIPT = r'''
 import os, sys
 import torch
@@ -110,11 +112,7 @@ torch.save({
 
 def _run(cmd, cwd, timeout=60):
     start = time.monotonic()
-    env = dict(os.environ)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR", "TORCHELASTIC_RUN_ID",
-                "SURGE_LAUNCHER_PID", "NODE_RANK"):
-        env.pop(key, None)
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout)
     return proc, time.monotonic() - start
 
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from launch_env import child_env
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("mode", ["surge", "aa-before"])
 def test_tiny_run_prints_a_row_per_fit_with_both_clocks(mode):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT",
-                                                            "MASTER_ADDR", "TORCHELASTIC_RUN_ID")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    env = child_env(PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ddp_interleaved.py"), "--mode", mode,
                            "--reps", "2", "--steps", "20", "--width", "16", "--batch", "4"],
                           capture_output=True, text=True, env=env, timeout=240)

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from launch_env import child_env
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("aa", [False, True])
 def test_tiny_run_prints_medians_and_a_ratio_per_pair(aa):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT",
-                                                            "MASTER_ADDR", "TORCHELASTIC_RUN_ID")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    env = child_env(PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
     args = ["--pairs", "3", "--steps", "10", "--width", "16", "--batch", "4"] + (["--aa"] if aa else [])
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ddp_overhead.py"), *args],
                           capture_output=True, text=True, env=env, timeout=240)

@@ -17,6 +17,8 @@ import surge
 from surge.strategies.ddp import DDPSpawn
 from surge.utils import MisconfigurationError
 
+from launch_env import clear_launch_vars
+
 QUIET = dict(enable_progress_bar=False, enable_model_summary=False)
 
 
@@ -55,9 +57,7 @@ def data(n):
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR", "TORCHELASTIC_RUN_ID",
-                "SURGE_LAUNCHER_PID", "NODE_RANK", "SLURM_NTASKS"):
-        monkeypatch.delenv(key, raising=False)
+    clear_launch_vars(monkeypatch)
 
 
 def test_ddp_spawn_trains_like_one_process_and_brings_results_back(tmp_path, clean_env):

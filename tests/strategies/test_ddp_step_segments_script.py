@@ -8,13 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from launch_env import child_env
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_tiny_run_prints_every_part_of_both_steps_and_the_threads():
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT",
-                                                            "MASTER_ADDR", "TORCHELASTIC_RUN_ID")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    env = child_env(PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ddp_step_segments.py"), "--pairs", "1",
                            "--steps", "5", "--width", "16", "--batch", "4"],
                           capture_output=True, text=True, env=env, timeout=240)

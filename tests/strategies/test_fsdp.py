@@ -25,6 +25,8 @@ import surge.cli
 from surge.strategies.fsdp import FSDP, consolidate
 from surge.utils import MisconfigurationError
 
+from launch_env import child_env, clear_launch_vars
+
 SCRIPT = r'''
 import json, os, sys, traceback
 import torch
@@ -187,8 +189,7 @@ def launch(root: Path, configs: list, timeout: float) -> Launch:
         (root / c["name"]).mkdir()
     (root / "configs.json").write_text(json.dumps(configs))
     (root / "train.py").write_text(SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT",
-                                                            "MASTER_ADDR", "TORCHELASTIC_RUN_ID", "SURGE_LAUNCHER_PID")}
+    env = child_env()
     # A session of its own, so that a timeout ends the launched ranks too, not only rank 0.
     proc = subprocess.Popen([sys.executable, str(root / "train.py"), str(root)], cwd=root, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -469,8 +470,7 @@ def test_bad_arguments(kwargs, match):
 
 
 def test_hsdp_shape_must_match_world_size(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
-        monkeypatch.delenv(key, raising=False)
+    clear_launch_vars(monkeypatch)
     with pytest.raises(MisconfigurationError, match=r"hsdp=\(2, 2\).*4 processes.*has 2"):
         surge.Trainer(strategy=FSDP(hsdp=(2, 2)), accelerator="cpu", devices=2)
     with pytest.raises(MisconfigurationError, match="cpu_offload"):
@@ -481,8 +481,7 @@ def test_hsdp_shape_must_match_world_size(monkeypatch):
 def test_mixed_precision_maps_to_fsdp_policy(monkeypatch, precision, dtype):
     from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
-        monkeypatch.delenv(key, raising=False)
+    clear_launch_vars(monkeypatch)
     strategy = surge.Trainer(strategy="fsdp", accelerator="cpu", devices=2, precision=precision).strategy
     policy = strategy._fsdp_kwargs()["mp_policy"]
     assert (policy.param_dtype, policy.reduce_dtype, policy.output_dtype) == (dtype, torch.float32, None)

@@ -34,6 +34,8 @@ from surge.strategies.pipeline import Pipeline, schedule_names
 from surge.strategies.pipeline_steps import merge_logs, split_batch
 from surge.utils import MisconfigurationError
 
+from launch_env import child_env, clear_launch_vars
+
 SCRIPT = r'''
 import itertools, json, math, os, sys, traceback
 import torch
@@ -216,10 +218,7 @@ def launch(root: Path, configs: list, timeout: float) -> Launch:
         (root / c["name"]).mkdir()
     (root / "configs.json").write_text(json.dumps(configs))
     (root / "train.py").write_text(SCRIPT)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR", "TORCHELASTIC_RUN_ID",
-              "SURGE_LAUNCHER_PID"):
-        env.pop(k, None)
+    env = child_env(PYTHONUNBUFFERED="1")
     # A session of its own, so that a timeout ends the launched ranks too, not only rank 0.
     proc = subprocess.Popen([sys.executable, str(root / "train.py"), str(root)], env=env, cwd=root, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -491,8 +490,7 @@ def own_group(monkeypatch):
     port, and gone again, with the variables the strategy sets, when the test ends."""
     from surge.launch import find_free_port
 
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID", "SURGE_LAUNCHER_PID"):
-        monkeypatch.delenv(key, raising=False)
+    clear_launch_vars(monkeypatch)
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(find_free_port()))
     assert not dist.is_initialized()

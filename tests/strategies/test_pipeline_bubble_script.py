@@ -8,13 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from launch_env import child_env
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_tiny_run_prints_both_schedules_with_bubbles_and_theory():
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT",
-                                                            "MASTER_ADDR", "TORCHELASTIC_RUN_ID")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    env = child_env(PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline_bubble.py"), "--microbatches", "2",
                            "--rounds", "1", "--steps", "2", "--width", "32", "--rows", "4"],
                           capture_output=True, text=True, env=env, timeout=240)
