@@ -14,7 +14,6 @@ import surge
 from surge.callbacks import BasePredictionWriter
 from surge.utils import MisconfigurationError
 
-from launch_env import child_env
 
 X = torch.arange(10, dtype=torch.float32).unsqueeze(1)  # sample i is the number i
 
@@ -153,6 +152,8 @@ assert trainer.predict(Doubler(), DataLoader(TensorDataset(X), batch_size=2), re
 def test_under_ddp_each_rank_writes_its_own_share(tmp_path):
     script = tmp_path / "predict_ddp.py"
     script.write_text(DDP_SCRIPT)
+    from launch_env import child_env  # here: the script's own process imports this module without tests/ on its path
+
     env = child_env()
     proc = subprocess.run([sys.executable, str(script), str(tmp_path), os.path.dirname(__file__)], env=env,
                           capture_output=True, text=True, timeout=120)

@@ -20,8 +20,6 @@ from surge.callbacks import ModelCheckpoint
 from surge.demos.toy import ToyModel, ToyDataset
 from surge.loggers import CSVLogger
 
-from launch_env import child_env
-
 
 def quiet(root, **kwargs):
     kwargs.setdefault("logger", False)
@@ -327,6 +325,8 @@ if stopped.is_global_zero:
 def test_fsdp_stopped_by_max_steps_saves_a_sharded_checkpoint_that_resumes_exactly(tmp_path):
     # One launch (surge starts the second rank): the uninterrupted 6 steps, 3 steps, their resume to 6.
     (tmp_path / "train.py").write_text(FSDP_SCRIPT)
+    from launch_env import child_env  # here: a killed run's process loads this file without tests/ on its path
+
     env = child_env()
     proc = subprocess.run([sys.executable, str(tmp_path / "train.py"), str(tmp_path)], env=env, capture_output=True,
                           text=True, timeout=180)
