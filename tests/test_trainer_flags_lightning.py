@@ -470,3 +470,25 @@ def test_train_loader_of_known_length_with_overfit_fraction(tmp_path):
     trainer = quiet(default_root_dir=tmp_path, max_epochs=1, overfit_batches=0.25)
     trainer.fit(model, DataLoader(ToyDataset(32, 64), batch_size=8, shuffle=True))
     assert trainer.num_training_batches == 2 and model.trained == 2
+
+
+def test_fit_loop_max_epochs_set_between_fits_trains_on_with_the_same_trainer(tmp_path):
+    # Lightning users' idiom for "train some more": trainer.fit_loop.max_epochs = N, then fit again.
+    model = Counting()
+    trainer = quiet(default_root_dir=tmp_path, max_epochs=2, limit_train_batches=4, limit_val_batches=0)
+    trainer.fit(model)
+    assert trainer.fit_loop.max_epochs == 2 and trainer.fit_loop.epoch_progress.current.completed == 2
+    trainer.fit_loop.max_epochs = 5
+    trainer.fit_loop.max_steps = -1
+    trainer.fit(model)
+    assert trainer.current_epoch == 5 and model.trained == 20 and trainer.max_epochs == 5
+    assert trainer.fit_loop.epoch_loop.global_step == 20 == trainer.global_step
+    trainer.fit_loop.epoch_loop.max_steps = 24  # the epoch loop's name for the same limit
+    trainer.fit_loop.max_epochs = -1
+    trainer.fit(model)
+    assert trainer.global_step == 24 and trainer.max_steps == 24
+    with pytest.raises(surge.utils.MisconfigurationError, match=r"trainer.fit_loop.max_epochs must be an int >= -1"):
+        trainer.fit_loop.max_epochs = "ten"
+    with pytest.raises(AttributeError, match="surge has no Lightning loop objects"):
+        trainer.fit_loop.epoch_loop.val_loop
+    assert not hasattr(trainer.fit_loop, "total_batch_idx")

@@ -313,6 +313,15 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
         self.state.should_stop = bool(value)
 
     @property
+    def fit_loop(self):
+        """Lightning's ``trainer.fit_loop`` as far as user code reaches into it: ``max_epochs``, ``min_epochs``,
+        ``max_steps`` and ``min_steps`` to read and set (then ``fit`` again trains on), and the epochs done
+        (:mod:`surge.lightning._fit_loop_view`)."""
+        from .lightning._fit_loop_view import FitLoopView
+
+        return FitLoopView(self)
+
+    @property
     def world_size(self) -> int:
         return self.strategy.world_size
 

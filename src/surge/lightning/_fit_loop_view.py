@@ -1,0 +1,91 @@
+"""``trainer.fit_loop`` as far as Lightning code reaches into it.
+
+surge has no loop objects (its fit loop is methods of the Trainer, :mod:`surge.fit_loop`). What user code does
+with Lightning's ``trainer.fit_loop`` is read and change how long fit runs, typically to train on with the same
+Trainer::
+
+    trainer.fit(model)                  # max_epochs=5
+    trainer.fit_loop.max_epochs = 10    # five more
+    trainer.fit(model)
+
+so :class:`FitLoopView` mirrors ``max_epochs``, ``min_epochs``, ``max_steps`` and ``min_steps`` (read and set,
+checked as the Trainer's own arguments), ``epoch_loop.max_steps`` / ``min_steps`` / ``global_step`` and
+``epoch_progress.current.completed`` / ``processed`` (epochs done). Anything else of Lightning's loops is an
+AttributeError that says so.
+"""
+from __future__ import annotations
+
+from ..trainer_args import check_int
+
+# name -> (smallest value, None allowed), as the Trainer checks its own arguments
+_LIMITS = {"max_epochs": (-1, True), "min_epochs": (0, True), "max_steps": (-1, False), "min_steps": (0, True)}
+
+
+class _Limits:
+    """The run-length attributes of the Trainer under Lightning's loop names."""
+
+    _mirrors: tuple = ()
+
+    def __init__(self, trainer) -> None:
+        object.__setattr__(self, "_trainer", trainer)
+
+    def __getattr__(self, name: str):
+        if name in self._mirrors:
+            return getattr(self._trainer, name)
+        raise AttributeError(
+            f"{type(self).__name__}.{name}: surge has no Lightning loop objects; trainer.fit_loop mirrors "
+            f"max_epochs, min_epochs, max_steps, min_steps, epoch_loop and epoch_progress only (set the Trainer's "
+            f"arguments, or use callbacks and hooks, for the rest)")
+
+    def __setattr__(self, name: str, value) -> None:
+        if name not in self._mirrors:
+            raise AttributeError(f"{type(self).__name__}.{name} cannot be set: only {', '.join(self._mirrors)} can")
+        minimum, allow_none = _LIMITS[name]
+        setattr(self._trainer, name, check_int(f"trainer.fit_loop.{name}", value, minimum, allow_none=allow_none))
+
+
+class EpochLoopView(_Limits):
+    """``trainer.fit_loop.epoch_loop``: ``max_steps``, ``min_steps`` and ``global_step``."""
+
+    _mirrors = ("max_steps", "min_steps")
+
+    @property
+    def global_step(self) -> int:
+        return self._trainer.global_step
+
+
+class _Epochs:
+    """``epoch_progress.current`` (and ``.total``): the epochs fit completed."""
+
+    def __init__(self, trainer) -> None:
+        self._trainer = trainer
+
+    @property
+    def completed(self) -> int:
+        return self._trainer.current_epoch
+
+    processed = completed
+
+
+class _EpochProgress:
+    def __init__(self, trainer) -> None:
+        self.current = self.total = _Epochs(trainer)
+
+
+class FitLoopView(_Limits):
+    """``trainer.fit_loop``: see the module's docstring."""
+
+    _mirrors = ("max_epochs", "min_epochs", "max_steps", "min_steps")
+
+    @property
+    def epoch_loop(self) -> EpochLoopView:
+        return EpochLoopView(self._trainer)
+
+    @property
+    def epoch_progress(self) -> _EpochProgress:
+        return _EpochProgress(self._trainer)
+
+    def __repr__(self) -> str:
+        t = self._trainer
+        return (f"trainer.fit_loop(max_epochs={t.max_epochs}, min_epochs={t.min_epochs}, max_steps={t.max_steps}, "
+                f"min_steps={t.min_steps}, epochs done={t.current_epoch})")
