@@ -33,9 +33,9 @@ class _Limits:
         if name in self._mirrors:
             return getattr(self._trainer, name)
         raise AttributeError(
-            f"{type(self).__name__}.{name}: surge has no Lightning loop objects; trainer.fit_loop mirrors "
-            f"max_epochs, min_epochs, max_steps, min_steps, epoch_loop and epoch_progress only (set the Trainer's "
-            f"arguments, or use callbacks and hooks, for the rest)")
+            f"{type(self).__name__!r} object has no attribute {name!r} (surge has no Lightning loop objects; "
+            f"trainer.fit_loop mirrors max_epochs, min_epochs, max_steps, min_steps, epoch_loop and epoch_progress "
+            f"only: set the Trainer's arguments, or use callbacks and hooks, for the rest)")
 
     def __setattr__(self, name: str, value) -> None:
         if name not in self._mirrors:
