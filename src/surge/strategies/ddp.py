@@ -110,13 +110,19 @@ class DDP(NamedCollectives, Strategy):
         if self._launcher is None and not self.cluster.creates_processes_externally and len(self.device_ids) > 1:
             self._launcher = LocalLauncher(self.cluster, len(self.device_ids))
             self._launcher.start()
+        preemption = getattr(getattr(fn, "__self__", None), "_preemption", None)
         if self._launcher is not None:  # ranks leaving after a preemption save agreed by all are no failure
-            preemption = getattr(getattr(fn, "__self__", None), "_preemption", None)
             self._launcher.leaving_code = lambda: preemption.exit_code if getattr(preemption, "acted", False) else None
         try:
             return fn(*args, **kwargs)
         except BaseException as err:
-            self._failed = True
+            if isinstance(err, SystemExit) and getattr(preemption, "acted", False):
+                # Every rank leaves here together after an agreed preemption save: they meet and close the group
+                # now, before the launcher waits for its children, so that gloo cannot abort a rank (exit -6) whose
+                # peer tore its connections down first.
+                self._destroy_group()
+            else:
+                self._failed = True
             if self._launcher is not None:  # the other ranks would wait for this one in their next collective
                 self._launcher.stop(err)
             raise
