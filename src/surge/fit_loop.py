@@ -17,11 +17,11 @@ import torch
 
 from . import anomaly, resume
 from .datamodule import _overrides
+from .fit_step import _check_step_output, _detached_output, _OptimizerStep
 from .module import Module, takes_batch_idx
 from .profiler import NO_PROFILE
 from .results import Results
 from .seed import capture_rng_state, preserved_rng, restore_rng_state
-from .fit_step import _check_step_output, _detached_output, _OptimizerStep
 from .utils import SurgeError, rank_zero_info, rank_zero_warn
 from .warnings import PossibleUserWarning
 

@@ -193,10 +193,10 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
         # ---- how long and how often
         self.fast_dev_run = fast_dev_run = targs.check_fast_dev_run(fast_dev_run)
         # max_epochs stays None (not given) until fit, which makes it 1000 unless max_steps bounds the run.
-        self.max_epochs = targs.check_int("max_epochs", max_epochs, -1, allow_none=True)
-        self.min_epochs = targs.check_int("min_epochs", min_epochs, 0, allow_none=True)
-        self.max_steps = targs.check_int("max_steps", max_steps, -1)
-        self.min_steps = targs.check_int("min_steps", min_steps, 0, allow_none=True)
+        self.max_epochs = targs.check_run_length("max_epochs", max_epochs)
+        self.min_epochs = targs.check_run_length("min_epochs", min_epochs)
+        self.max_steps = targs.check_run_length("max_steps", max_steps)
+        self.min_steps = targs.check_run_length("min_steps", min_steps)
         self.overfit_batches = check_limit(targs.batch_limit(overfit_batches, "overfit_batches"), "overfit_batches")
         # fast_dev_run and overfit_batches replace some of these limits
         (self.limit_train_batches, self.limit_val_batches, self.limit_test_batches,

@@ -32,6 +32,17 @@ def info(message: str) -> None:
         _log.info(message)
 
 
+# How long fit runs: each argument's smallest value and whether None (not given) is allowed. The Trainer checks
+# its arguments with these, and so does ``trainer.fit_loop`` (Lightning's name) when they are set through it.
+RUN_LENGTH = {"max_epochs": (-1, True), "min_epochs": (0, True), "max_steps": (-1, False), "min_steps": (0, True)}
+
+
+def check_run_length(name: str, value, where: str = "") -> Any:
+    """``value`` for the Trainer's ``name`` (one of :data:`RUN_LENGTH`), named ``where + name`` in the error."""
+    minimum, allow_none = RUN_LENGTH[name]
+    return check_int(where + name, value, minimum, allow_none=allow_none)
+
+
 def check_int(name: str, value, minimum: int, allow_none: bool = False, allow: tuple = ()) -> Any:
     if value is None and allow_none:
         return value

@@ -15,10 +15,7 @@ AttributeError that says so.
 """
 from __future__ import annotations
 
-from ..trainer_args import check_int
-
-# name -> (smallest value, None allowed), as the Trainer checks its own arguments
-_LIMITS = {"max_epochs": (-1, True), "min_epochs": (0, True), "max_steps": (-1, False), "min_steps": (0, True)}
+from ..trainer_args import check_run_length
 
 
 class _Limits:
@@ -40,8 +37,7 @@ class _Limits:
     def __setattr__(self, name: str, value) -> None:
         if name not in self._mirrors:
             raise AttributeError(f"{type(self).__name__}.{name} cannot be set: only {', '.join(self._mirrors)} can")
-        minimum, allow_none = _LIMITS[name]
-        setattr(self._trainer, name, check_int(f"trainer.fit_loop.{name}", value, minimum, allow_none=allow_none))
+        setattr(self._trainer, name, check_run_length(name, value, where="trainer.fit_loop."))
 
 
 class EpochLoopView(_Limits):

@@ -234,7 +234,7 @@ class Pipeline(DDP):
         payload = None
         posted = None
         if self._from_last_group is not None and not self.is_last:
-            posted = self._from_last_channel.post(self._last_src, self._from_last_group, torch.device("cpu"))
+            posted = self._from_last_channel.post(self._last_src, self._from_last_group, self._collective_device())
         # (fsdp: a new schedule's first step drops the gradients; those of an accumulation window are kept)
         with self.precision.autocast(), gradients_kept(self.module, self.data_parallel == "fsdp"):
             if training:
@@ -304,11 +304,10 @@ class Pipeline(DDP):
         ``posted``: the receive this stage posted before the step."""
         if self.pp == 1:
             return payload
-        if self._from_last_group is not None:
-            return self._from_last_channel.send(payload, self.is_last, self._last_src, self._from_last_group,
-                                                torch.device("cpu"), self.root_device, posted, p2p=True)
-        return self._from_last_channel.send(payload, self.is_last, self._last_src, self.pp_group,
-                                            self._collective_device(), self.root_device)
+        p2p = self._from_last_group is not None
+        return self._from_last_channel.send(payload, self.is_last, self._last_src,
+                                            self._from_last_group if p2p else self.pp_group,
+                                            self._collective_device(), self.root_device, posted, p2p=p2p)
 
     def _schedule(self, training: bool, inputs: torch.Tensor):
         """A schedule (and its PipelineStages) per mode and batch shape: torch's stages size their
