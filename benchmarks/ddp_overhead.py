@@ -1,11 +1,19 @@
 """Per-step cost of surge's DDP against a hand-written DistributedDataParallel loop: 2 CPU processes, gloo.
 
 One invocation: the script starts two processes itself (torch.multiprocessing), they create one gloo
-process group, and both phases run in them, in alternating pairs so machine noise hits both alike.
-surge finds the process group already there and uses it. The ratio of medians is printed.
+process group, and both sides run in them, in alternating pairs so machine noise hits both alike.
+surge finds the process group already there and uses it.
+
+Per step: both sides read their batches through the same DataLoader with the same collate function, which
+notes the time of each batch fetch. A side's step time is the time from the fetch of batch ``--skip`` to the
+fetch of the last batch, over the steps between: whole steps (fetch, forward, backward, optimizer step and,
+for surge, its loop), without the start and end of the fit. Those are printed apart, per fit: what a fit costs
+beyond its steps (surge: the epoch's start, its first steps' checks, the epoch-end agreement across ranks).
+Printed: the median step time of each side, the ratio of the medians, and the median of the pair ratios.
+
 ``--aa`` runs the plain loop on both sides (an A/A run): how far the pair ratios stray from 1 with no
 difference at all, the resolution of the measurement on this machine.
-Usage: python benchmarks/ddp_overhead.py [--pairs 10] [--steps 200] [--batch 64] [--width 256] [--aa]
+Usage: python benchmarks/ddp_overhead.py [--pairs 30] [--steps 120] [--skip 3] [--batch 64] [--width 256] [--aa]
 """
 import argparse
 import os
@@ -18,7 +26,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset, default_collate
 
 import surge
 from surge.launch import find_free_port
@@ -32,16 +40,44 @@ def make(width: int):
 
 
 def dataset(steps: int, batch: int):
-    # steps x batch samples per rank, so each phase takes `steps` steps.
+    # steps x batch samples per rank, so each side takes `steps` steps.
     g = torch.Generator().manual_seed(0)
     x = torch.randn(steps * batch * WORLD, 32, generator=g)
     return TensorDataset(x, (x[:, 0] > 0).long())
 
 
-def plain(steps, batch, width) -> float:
+class Stamps:
+    """The DataLoader's collate function on both sides: default_collate, noting when each batch was fetched."""
+
+    def __init__(self):
+        self.times = []
+
+    def __call__(self, samples):
+        self.times.append(time.perf_counter())
+        return default_collate(samples)
+
+
+class Run:
+    """One side's fit: its wall time (first batch fetch included, after a barrier) and its batches' fetch times."""
+
+    def __init__(self, seconds: float, stamps: list):
+        self.seconds, self.stamps = seconds, stamps
+
+    def step(self, skip: int) -> float:
+        """Seconds per step, from the fetch of batch ``skip`` to that of the last batch."""
+        t = self.stamps
+        return (t[-1] - t[skip]) / (len(t) - 1 - skip)
+
+    def outside_steps(self, skip: int) -> float:
+        """Seconds of the fit not spent in its steps, at this fit's own steady step time."""
+        return self.seconds - self.step(skip) * len(self.stamps)
+
+
+def plain_run(steps, batch, width) -> Run:
     """The loop a user writes by hand: DistributedSampler, DDP, SGD."""
-    data = dataset(steps, batch)
-    loader = DataLoader(data, batch_size=batch, sampler=DistributedSampler(data, shuffle=True, seed=0))
+    data, stamps = dataset(steps, batch), Stamps()
+    loader = DataLoader(data, batch_size=batch, sampler=DistributedSampler(data, shuffle=True, seed=0),
+                        collate_fn=stamps)
     model = DistributedDataParallel(make(width))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     dist.barrier()
@@ -51,7 +87,12 @@ def plain(steps, batch, width) -> float:
         loss.backward()
         opt.step()
         opt.zero_grad()
-    return (time.perf_counter() - t) / steps
+    return Run(time.perf_counter() - t, stamps.times)
+
+
+def plain(steps, batch, width) -> float:
+    """Seconds per step of the plain loop's whole fit (used by the other DDP benchmarks)."""
+    return plain_run(steps, batch, width).seconds / steps
 
 
 class Net(surge.Module):
@@ -78,13 +119,18 @@ class Timer(surge.Callback):
         self.elapsed = time.perf_counter() - self.t
 
 
-def with_surge(steps, batch, width) -> float:
-    timer = Timer()
+def surge_run(steps, batch, width) -> Run:
+    timer, stamps = Timer(), Stamps()
     trainer = surge.Trainer(max_epochs=1, strategy="ddp", accelerator="cpu", devices=WORLD, logger=False,
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                             callbacks=[timer])
-    trainer.fit(Net(width), DataLoader(dataset(steps, batch), batch_size=batch, shuffle=True))
-    return timer.elapsed / steps
+    trainer.fit(Net(width), DataLoader(dataset(steps, batch), batch_size=batch, shuffle=True, collate_fn=stamps))
+    return Run(timer.elapsed, stamps.times)
+
+
+def with_surge(steps, batch, width) -> float:
+    """Seconds per step of surge's whole fit (used by the other DDP benchmarks)."""
+    return surge_run(steps, batch, width).seconds / steps
 
 
 def worker(rank: int, port: int, a) -> None:
@@ -93,40 +139,49 @@ def worker(rank: int, port: int, a) -> None:
                       MASTER_PORT=str(port))
     torch.set_num_threads(a.threads)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    other, other_name = (plain, "plain again") if a.aa else (with_surge, "surge")  # --aa: the plain loop against itself
-    plain(30, a.batch, a.width), other(30, a.batch, a.width)  # warm-up
-    ours, base = [], []
+    other, other_name = (plain_run, "plain again") if a.aa else (surge_run, "surge")  # --aa: plain against itself
+    plain_run(30, a.batch, a.width), other(30, a.batch, a.width)  # warm-up
+    base, ours = [], []
     for i in range(a.pairs):
         # Which side runs first alternates, so a machine getting busier or quieter favours neither.
         if i % 2 == 0:
-            base.append(plain(a.steps, a.batch, a.width))
+            base.append(plain_run(a.steps, a.batch, a.width))
             ours.append(other(a.steps, a.batch, a.width))
         else:
             ours.append(other(a.steps, a.batch, a.width))
-            base.append(plain(a.steps, a.batch, a.width))
-    b, s = statistics.median(base), statistics.median(ours)
-    ratios = [y / x for x, y in zip(base, ours)]
+            base.append(plain_run(a.steps, a.batch, a.width))
+    b = [r.step(a.skip) for r in base]
+    s = [r.step(a.skip) for r in ours]
+    ratios = [y / x for x, y in zip(b, s)]
     if rank == 0:
+        med = statistics.median
         print(f"torch {torch.__version__}, {WORLD} processes x {a.threads} thread(s), gloo, MLP width {a.width}, "
-              f"batch {a.batch} per process, {a.steps} steps x {a.pairs} pairs")
-        print(f"plain DDP loop  {b * 1e6:8.1f} us/step (median)")
-        print(f"{other_name if a.aa else 'surge ddp':15s} {s * 1e6:8.1f} us/step (median)")
-        print(f"ratio of the medians: {s / b:.3f}")
-        print(f"median of the pair ratios: {statistics.median(ratios):.3f} (pairs {min(ratios):.3f}-{max(ratios):.3f})")
-        print(f"pairs (plain, {other_name} us/step): " + ", ".join(f"({x * 1e6:.0f}, {y * 1e6:.0f})" for x, y in zip(base, ours)))
+              f"batch {a.batch} per process, {a.steps} steps x {a.pairs} pairs, steps from batch {a.skip} on")
+        print(f"plain DDP loop  {med(b) * 1e6:8.1f} us/step (median)")
+        print(f"{other_name if a.aa else 'surge ddp':15s} {med(s) * 1e6:8.1f} us/step (median)")
+        print(f"ratio of the medians: {med(s) / med(b):.3f}")
+        print(f"median of the pair ratios: {med(ratios):.3f} (pairs {min(ratios):.3f}-{max(ratios):.3f})")
+        print(f"pairs (plain, {other_name} us/step): " + ", ".join(f"({x * 1e6:.0f}, {y * 1e6:.0f})" for x, y in zip(b, s)))
+        print(f"per fit, outside the steps (median): plain {med(r.outside_steps(a.skip) for r in base) * 1e3:.2f} ms, "
+              f"{other_name} {med(r.outside_steps(a.skip) for r in ours) * 1e3:.2f} ms")
+        whole = [o.seconds / p.seconds for p, o in zip(base, ours)]
+        print(f"whole fits (steps and the rest): median of the pair ratios {med(whole):.3f}")
     dist.barrier()  # gloo may abort a process whose peer tears down first
     dist.destroy_process_group()
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--pairs", type=int, default=10)
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--pairs", type=int, default=30)
+    p.add_argument("--steps", type=int, default=120)
+    p.add_argument("--skip", type=int, default=3, help="the first batches of a fit, left out of its step time")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--aa", action="store_true", help="the plain loop on both sides (the instrument's own spread)")
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) // WORLD), help="torch threads per process")
     a = p.parse_args()
+    if not 0 <= a.skip < a.steps - 1:
+        p.error(f"--skip must be at least 0 and below --steps - 1 ({a.steps - 1}), got {a.skip}")
     mp.start_processes(worker, args=(find_free_port(), a), nprocs=WORLD, start_method="spawn")
 
 

@@ -26,6 +26,11 @@ from .utils import SurgeError, rank_zero_info, rank_zero_warn
 from .warnings import PossibleUserWarning
 
 
+# The hooks of every training batch that are skipped when nobody listens (FitLoop._quiet).
+_BATCH_HOOKS = ("on_train_batch_start", "on_before_zero_grad", "on_before_backward", "on_after_backward",
+                "on_before_optimizer_step")
+
+
 class FitLoop:
     """Trainer methods that run ``fit``: epochs, batches, optimizer steps; mixed into :class:`surge.Trainer`."""
 
@@ -120,6 +125,11 @@ class FitLoop:
         batch_idx, exhausted, validated_at = -1, True, None
         batches = self._speed.wrap_train_loader(self, self._train_loader)  # CUDA: next batch copies during this step
         batch_end_listened = self._listened("on_train_batch_end")
+        # The per-batch hooks nobody listens to are not called at all (their dispatch is most of what a step
+        # costs in Python beyond the user's own code); nor the batch transfer where it changes nothing.
+        self._quiet = quiet = frozenset(name for name in _BATCH_HOOKS if not self._listened(name))
+        to_device = self._transfer_needed()
+        profiler, preemption = self.profiler, self._preemption
         for batch_idx, batch in enumerate(batches, start=0 if read_and_drop else skip):
             if batch_idx < skip:
                 if batch_idx + 1 == skip:
@@ -128,13 +138,17 @@ class FitLoop:
             if batch_idx >= limit:
                 batch_idx -= 1
                 break
-            batch = self._to_device(batch, 0)
+            if to_device:
+                batch = self._to_device(batch, 0)
             results.new_batch(batch)
-            if self._call("on_train_batch_start", batch, batch_idx) == -1:
+            if "on_train_batch_start" not in quiet and self._call("on_train_batch_start", batch, batch_idx) == -1:
                 batch_idx -= 1
                 break
-            with NO_PROFILE if self.profiler is None else self.profiler.profile("run_training_batch"):
+            if profiler is None:
                 output = self._train_batch(batch, batch_idx, last=batch_idx + 1 == limit)
+            else:
+                with profiler.profile("run_training_batch"):
+                    output = self._train_batch(batch, batch_idx, last=batch_idx + 1 == limit)
             state.batch_idx = batch_idx + 1
             state.batches_seen += 1
             if batch_end_listened:
@@ -156,7 +170,8 @@ class FitLoop:
                 if self._flush_due:
                     self._flush_loggers()
             self._flush_due = False
-            if not self._grads_pending and not self._nan.dropped and self._preemption.due(self):
+            if state.global_step >= preemption.next_check and not self._grads_pending and not self._nan.dropped \
+                    and preemption.due(self):
                 self._preempt()
             if (state.should_stop and self._can_stop_early()) or (self.max_steps != -1 and state.global_step >= self.max_steps):
                 exhausted = batch_idx + 1 >= limit
@@ -245,8 +260,11 @@ class FitLoop:
                 if owns_backward:  # so its gradients are zeroed before the step, not after
                     self._zero_grad_at_window_start(opt_idx, optimizer, batch_idx)
                 self._results.hook = "training_step"
-                with NO_PROFILE if self.profiler is None else self.profiler.profile("training_step"):
+                if self.profiler is None:
                     output = strategy.step("training", *args, *extra)
+                else:
+                    with self.profiler.profile("training_step"):
+                        output = strategy.step("training", *args, *extra)
                 loss = _check_step_output(output, manual=False, needs_grad=not owns_backward)
                 if loss is None and not self._warned_none_loss:
                     self._warned_none_loss = True
@@ -259,11 +277,15 @@ class FitLoop:
                     if not owns_backward:
                         self._zero_grad_at_window_start(opt_idx, optimizer, batch_idx)
                     if loss is not None:
-                        self._call("on_before_backward", loss)
+                        quiet = self._quiet
+                        self._results.hook = "on_before_backward"  # (a module's own backward may log under it)
+                        if "on_before_backward" not in quiet:
+                            self._call("on_before_backward", loss)
                         if not owns_backward:
                             self._backward(loss / self.accumulate_grad_batches if self.accumulate_grad_batches > 1
                                            else loss)
-                        self._call("on_after_backward")
+                        if "on_after_backward" not in quiet:
+                            self._call("on_after_backward")
                         # fp16's grad scaler skips steps with inf gradients by design: not an anomaly there.
                         if self.detect_anomaly and self.precision != "16-mixed":
                             anomaly.check_gradients(module, self.state, batch_idx)
@@ -287,7 +309,8 @@ class FitLoop:
         """Zero ``optimizer``'s gradients before the first backward of an accumulation window (as Lightning
         does: gradients stay readable after the step, in on_train_batch_end and after fit)."""
         if opt_idx not in self._grads_pending:
-            self._call("on_before_zero_grad", optimizer)
+            if "on_before_zero_grad" not in self._quiet:
+                self._call("on_before_zero_grad", optimizer)
             self.module.optimizer_zero_grad(self.state.epoch, batch_idx, optimizer)
 
     def _optimizer_steps(self, batch_idx: int) -> None:
@@ -301,19 +324,23 @@ class FitLoop:
     def _step_optimizer(self, opt_idx: int, batch_idx: int, loss=None) -> bool:
         """Clip and step one optimizer (its gradients are zeroed before the next window's first backward).
         A module's own ``optimizer_step`` decides whether it steps; returns whether it did."""
-        optimizer = self.optimizers[opt_idx]
-        with NO_PROFILE if self.profiler is None else self.profiler.profile("optimizer_step"):
-            if self._own_optimizer_step:
-                handle = _OptimizerStep(self, optimizer, loss)
-                self._results.hook = "optimizer_step"
-                self.module.optimizer_step(self.state.epoch, batch_idx, handle, handle.closure)
-                stepped = handle.stepped
-            else:
-                self._before_optimizer_step(optimizer)
-                self.strategy.optimizer_step(optimizer)
-                stepped = True
+        if self.profiler is None:
+            stepped = self._step_optimizer_now(self.optimizers[opt_idx], batch_idx, loss)
+        else:
+            with self.profiler.profile("optimizer_step"):
+                stepped = self._step_optimizer_now(self.optimizers[opt_idx], batch_idx, loss)
         self._grads_pending.discard(opt_idx)
         return stepped
+
+    def _step_optimizer_now(self, optimizer, batch_idx: int, loss) -> bool:
+        if self._own_optimizer_step:
+            handle = _OptimizerStep(self, optimizer, loss)
+            self._results.hook = "optimizer_step"
+            self.module.optimizer_step(self.state.epoch, batch_idx, handle, handle.closure)
+            return handle.stepped
+        self._before_optimizer_step(optimizer)
+        self.strategy.optimizer_step(optimizer)
+        return True
 
     def _end_step(self) -> None:
         """One optimisation step is done (every optimizer had its turn): count it, step per-step schedulers."""
@@ -321,7 +348,8 @@ class FitLoop:
         self._step_schedulers("step")
 
     def _before_optimizer_step(self, optimizer) -> None:
-        self._call("on_before_optimizer_step", optimizer)
+        if "on_before_optimizer_step" not in self._quiet:
+            self._call("on_before_optimizer_step", optimizer)
         if self._own_clipping and self.module.automatic_optimization:
             self._results.hook = "configure_gradient_clipping"
             self.module.configure_gradient_clipping(optimizer, gradient_clip_val=self.gradient_clip_val,
@@ -334,6 +362,9 @@ class FitLoop:
             self.strategy.clip_gradients(getattr(optimizer, "optimizer", optimizer), value, algorithm)
 
     def _backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        if self.profiler is None and not self.detect_anomaly:
+            self.strategy.backward(loss, *args, **kwargs)
+            return
         with NO_PROFILE if self.profiler is None else self.profiler.profile("backward"):
             if self.detect_anomaly:
                 with torch.autograd.detect_anomaly(), anomaly.report_backward_anomaly(self.state):

@@ -49,7 +49,10 @@ class Precision:
 
     def backward(self, loss: torch.Tensor, *args, module=None, **kwargs) -> None:
         """Backward of ``loss`` through ``module.backward`` (the module's overridable hook), or ``loss.backward``."""
-        _backward(loss, module, args, kwargs)
+        if module is None:
+            loss.backward(*args, **kwargs)
+        else:
+            module.backward(loss, *args, **kwargs)
 
     def unscale(self, optimizer) -> None:
         """Make gradients true-valued before clipping or inspecting them."""

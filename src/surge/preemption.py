@@ -120,6 +120,9 @@ class PreemptionHandler:
         self._previous: dict = {}
         self._distributed = False  # several processes: the flag is agreed on (set by install)
         self._pending = None  # (work, tensor) of the all-reduce in flight across processes
+        # The first global step at which ``due`` has anything to decide: the Trainer does not call it before.
+        # One process: only after a signal came (set by the handler); several: the next agreed check.
+        self.next_check: float = math.inf
         self._make_events()
 
     def _make_events(self) -> None:
@@ -139,7 +142,8 @@ class PreemptionHandler:
     def install(self, distributed: bool = False) -> None:
         self._distributed = distributed
         self._pending, self.acted = None, False
-        self._next_check, self._last, self._interval, self._blocking = 0, None, 1, True
+        self._last, self._interval, self._blocking = None, 1, True
+        self.next_check = 0 if distributed or self.received is not None else math.inf
         if threading.current_thread() is not threading.main_thread() or not self.signals:
             return  # signal handlers can only be set from the main thread
         self._make_events()
@@ -171,6 +175,8 @@ class PreemptionHandler:
             os.kill(os.getpid(), signum)
             return
         self.received, self._received_at = signal.Signals(signum), time.monotonic()
+        if not self._distributed:  # several processes act at their next agreed check, all at the same step
+            self.next_check = 0
         self._noticed.set()  # from a signal handler: an Event, whose lock only the grace thread takes
 
     def due(self, trainer) -> bool:
@@ -185,7 +191,7 @@ class PreemptionHandler:
     # ------------------------------------------------------------------ across processes
     def _agree(self, trainer) -> bool:
         step = trainer.global_step
-        if step < self._next_check:
+        if step < self.next_check:
             return False
         proposal = self._propose(step, time.monotonic())
         pending, self._pending = self._pending, None
@@ -195,7 +201,7 @@ class PreemptionHandler:
         self._pending = None if self._blocking else posted
         if self._blocking and self._read(posted):
             return True
-        self._next_check = step + self._interval
+        self.next_check = step + self._interval
         return False
 
     def _propose(self, step: int, now: float) -> tuple:

@@ -49,34 +49,40 @@ class TrainerState:
     def __init__(self, stage: Optional[str] = None, epoch: int = 0, global_step: int = 0, batch_idx: int = 0,
                  batches_seen: int = 0, should_stop: bool = False, *,
                  fn: Optional[str] = None, status: Union[str, TrainerStatus] = TrainerStatus.INITIALIZING):
-        object.__setattr__(self, "_fn", _as_fn(fn))
-        object.__setattr__(self, "_status", TrainerStatus.from_str(status, source="value"))
-        object.__setattr__(self, "_error_at_start", None)
-        object.__setattr__(self, "stage", _as_stage(stage))
+        self._fn = _as_fn(fn)
+        self._status = TrainerStatus.from_str(status, source="value")
+        self._error_at_start = None
+        self._stage = _as_stage(stage)
         self.epoch, self.global_step, self.batch_idx = epoch, global_step, batch_idx
         self.batches_seen, self.should_stop = batches_seen, should_stop
 
-    def __setattr__(self, name: str, value) -> None:
-        if name == "stage":
-            value = _as_stage(value)
-            self._follow(self.stage, value)
-        object.__setattr__(self, name, value)
+    # ``stage`` is a property (a field all the same: fields(), asdict() and == read it as one), so that the
+    # counters, set at every training step, are plain attributes.
+    def _get_stage(self) -> Union[TrainerFn, RunningStage, None]:
+        return self._stage
+
+    def _set_stage(self, value) -> None:
+        value = _as_stage(value)
+        self._follow(self._stage, value)
+        self._stage = value
+
+    stage = property(_get_stage, _set_stage)  # noqa: F811 (the field declared above)
 
     def _follow(self, old, new) -> None:
         """Update ``fn`` and ``status`` for a change of ``stage`` from ``old`` to ``new``: a run starts when
         ``stage`` leaves None and ends when it returns to None; changes between (the sanity check) keep ``fn``."""
         if old is None and new is not None:
             fn = TrainerFn.FITTING if new in ("fit", "sanity_check", "train") else TrainerFn.from_str(new.value, "value")
-            object.__setattr__(self, "_fn", fn)
-            object.__setattr__(self, "_status", TrainerStatus.RUNNING)
+            self._fn = fn
+            self._status = TrainerStatus.RUNNING
             # The run may start inside the caller's own ``except`` block: only a newer exception interrupts it.
-            object.__setattr__(self, "_error_at_start", sys.exc_info()[1])
+            self._error_at_start = sys.exc_info()[1]
         elif old is not None and new is None:
             # The Trainer sets None in its ``finally``: an exception on its way out is visible there.
             error = sys.exc_info()[1]
             ended_by_error = error is not None and error is not self._error_at_start
-            object.__setattr__(self, "_status", TrainerStatus.INTERRUPTED if ended_by_error else TrainerStatus.FINISHED)
-            object.__setattr__(self, "_error_at_start", None)
+            self._status = TrainerStatus.INTERRUPTED if ended_by_error else TrainerStatus.FINISHED
+            self._error_at_start = None
 
     # ------------------------------------------------------------------ derived
     @property
@@ -86,7 +92,7 @@ class TrainerState:
 
     @fn.setter
     def fn(self, value: Optional[str]) -> None:
-        object.__setattr__(self, "_fn", _as_fn(value))
+        self._fn = _as_fn(value)
 
     @property
     def status(self) -> TrainerStatus:
@@ -94,7 +100,7 @@ class TrainerState:
 
     @status.setter
     def status(self, value: Union[str, TrainerStatus]) -> None:
-        object.__setattr__(self, "_status", TrainerStatus.from_str(value, source="value"))
+        self._status = TrainerStatus.from_str(value, source="value")
 
     @property
     def finished(self) -> bool:
@@ -116,7 +122,7 @@ class TrainerState:
         names = {f.name for f in fields(self)}
         for key, value in state.items():
             if key == "stage":
-                object.__setattr__(self, "stage", _as_stage(value))  # a restored stage neither starts nor ends a run
+                self._stage = _as_stage(value)  # a restored stage neither starts nor ends a run
             elif key in names:
                 setattr(self, key, value)
 

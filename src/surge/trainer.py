@@ -509,6 +509,7 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
         strategy.setup_environment()
         self._agree_on_log_dir()
         self._hooks.clear()
+        self._quiet = frozenset()  # the batch hooks nobody listens to: known once an epoch starts (fit_loop)
         # On the CPU with no transfer hook overridden, moving a batch is a no-op: skip the walk over it.
         self._transfer_is_noop = strategy.root_device.type == "cpu" and self.datamodule is None and not any(
             _overrides(self.module, name, Module) for name in

@@ -29,6 +29,7 @@ from . import trainer_args as targs
 from .combined_loader import CombinedLoader
 from .data import num_batches, rebuild_dataloader
 from .datamodule import DataModule, _overrides
+from .precision import Precision
 from .utils import MisconfigurationError, rank_zero_info, rank_zero_warn
 from .warnings import PossibleUserWarning
 
@@ -321,6 +322,13 @@ class DataHandling:
                            f"together (pytorch/pytorch#91252); set pin_memory=False", PossibleUserWarning)
 
     # ------------------------------------------------------------------ batches
+    def _transfer_needed(self) -> bool:
+        """Whether ``_to_device`` can change a batch: False on the CPU with no transfer hook and a precision that
+        keeps the inputs' dtype (the training loop then skips the call)."""
+        precision = self.strategy.precision
+        return not (self._transfer_is_noop and precision.param_dtype is None
+                    and type(precision).convert_input is Precision.convert_input)
+
     def _to_device(self, batch, dataloader_idx: int):
         module = self.module
         # "64-true", "bf16-true", "16-true": floating inputs take the parameters' dtype (a no-op otherwise).

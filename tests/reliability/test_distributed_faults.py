@@ -333,3 +333,40 @@ def test_only_torch_distributed_failures_are_explained():
     assert str(err).startswith("rank 0 of 2: the barrier 'x' failed: it did not complete within the "
                                "process-group timeout (5 s")
     assert "could not ask the other ranks" in str(err)
+
+
+def test_the_per_step_guard_names_like_the_context_guard_and_always_unwinds():
+    """``_guarded`` (the training step and backward, every step) names a failing collective as ``with
+    _guard(...)`` does: a caller's name wins over the strategy's generic one, never over another caller's;
+    the name stack is left as it was, whether ``fn`` returns or raises; user errors pass through unchanged."""
+    from datetime import timedelta
+
+    from surge.strategies.collectives import CollectiveError, NamedCollectives
+
+    class Strategy(NamedCollectives):
+        global_rank, world_size, timeout = 0, 2, timedelta(seconds=5)
+
+        def __init__(self):
+            self._op_names = []
+
+    s = Strategy()
+    seen = []
+    assert s._guarded(("generic", False), lambda x, k=None: seen.append(list(s._op_names)) or x * 2, 21, k=1) == 42
+    assert seen == [[("generic", False)]] and s._op_names == []
+    with s.collective("the caller's name"):
+        s._guarded(("generic", False), lambda: seen.append(s._op_names[-1]))
+        s._guarded(("my own name", True), lambda: seen.append(s._op_names[-1]))
+    assert seen[1:] == [("the caller's name", True), ("my own name", True)] and s._op_names == []
+
+    def fails(err):
+        raise err
+
+    mine = ValueError("user code")
+    with pytest.raises(ValueError) as raised:
+        s._guarded(("generic", False), fails, mine)
+    assert raised.value is mine and s._op_names == []
+    gloo = RuntimeError("[gloo/transport/tcp/pair.cc:598] Connection closed by peer [127.0.0.1]:1234")
+    with s.collective("the caller's name"), pytest.raises(CollectiveError) as raised:
+        s._guarded(("generic", False), fails, gloo)
+    assert str(raised.value).startswith("rank 0 of 2: the caller's name failed: it lost its connection")
+    assert raised.value.__cause__ is gloo and s._op_names == []

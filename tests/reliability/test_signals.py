@@ -57,6 +57,38 @@ def _finish(proc, out, timeout):
 
 
 # ---------------------------------------------------------------------- preemption_signals / preemption_grace
+def test_the_trainer_asks_for_a_decision_only_from_the_step_the_handler_names():
+    """The training loop calls ``due`` only once ``global_step >= next_check``. One process: never before a
+    signal, at once after one. Several: from the first step, and the handler's own agreed checks move it on;
+    a signal there must not move it (the ranks run their all-reduce at the same steps or deadlock)."""
+    from surge.preemption import PreemptionHandler
+
+    class _Trainer:
+        global_step = 0
+
+    alone = PreemptionHandler(["SIGUSR1"], 143, grace=None)
+    alone.install(distributed=False)
+    try:
+        assert alone.next_check == float("inf")
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert alone.received == signal.SIGUSR1 and alone.next_check == 0 and alone.due(_Trainer())
+    finally:
+        alone.uninstall()
+    alone.install(distributed=False)  # a signal noted in an earlier fit is acted on at the next one's first step
+    alone.uninstall()
+    assert alone.next_check == 0
+
+    ranks = PreemptionHandler(["SIGUSR1"], 143, grace=None)
+    ranks.install(distributed=True)
+    try:
+        assert ranks.next_check == 0
+        ranks.next_check = 40  # as an agreed check sets it
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert ranks.received == signal.SIGUSR1 and ranks.next_check == 40
+    finally:
+        ranks.uninstall()
+
+
 def test_preemption_arguments_are_checked_at_construction():
     def trainer(**kw):
         return surge.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, **kw)

@@ -1,5 +1,6 @@
 """Smoke test of benchmarks/ddp_overhead.py: a tiny run of surge against the plain DDP loop, and the A/A run
-(``--aa``, the plain loop on both sides), each print both medians and one ratio per pair."""
+(``--aa``, the plain loop on both sides), each print both medians, one pair of step times per pair, and what
+a fit costs outside its steps; a bad --skip is refused."""
 import os
 import re
 import subprocess
@@ -26,4 +27,14 @@ def test_tiny_run_prints_medians_and_a_ratio_per_pair(aa):
     assert re.search(rf"^{other} +\d+\.\d us/step \(median\)$", out, re.M), out
     pairs = re.search(r"^pairs \(plain, (plain again|surge) us/step\): (.*)$", out, re.M)
     assert pairs and pairs.group(1) == ("plain again" if aa else "surge"), out
-    assert len(re.findall(r"\((\d+), (\d+)\)", pairs.group(2))) == 3
+    times = [(int(x), int(y)) for x, y in re.findall(r"\((\d+), (\d+)\)", pairs.group(2))]
+    assert len(times) == 3 and all(x > 0 and y > 0 for x, y in times), out
+    assert re.search(rf"^per fit, outside the steps \(median\): plain -?\d+\.\d\d ms, {other.replace(' ddp', '')} "
+                     r"-?\d+\.\d\d ms$", out, re.M), out
+    assert re.search(r"^whole fits \(steps and the rest\): median of the pair ratios \d+\.\d{3}$", out, re.M), out
+
+
+def test_skip_must_leave_steps_to_time():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ddp_overhead.py"), "--steps", "10", "--skip", "9"],
+                          capture_output=True, text=True, env=child_env(), timeout=120)
+    assert proc.returncode == 2 and "--skip must be at least 0 and below --steps - 1 (9), got 9" in proc.stderr

@@ -69,11 +69,27 @@ class NamedCollectives:
     def _guard(self, what: str, named: bool):
         return _Guard(self, what, named)
 
+    def _guarded(self, entry: tuple, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` under the name ``entry`` = (what, named): what a ``with self._guard(...)`` does, without
+        a context object. The training step and backward run through it every step; a ``try`` costs nothing
+        until something raises."""
+        names = self._op_names
+        if names and names[-1][1] and not entry[1]:  # a caller named what runs inside: its name wins
+            entry = names[-1]
+        names.append(entry)
+        try:
+            out = fn(*args, **kwargs)
+        except BaseException as err:
+            names.pop()
+            _raise_if_collective_failure(self, err, entry[0])
+            raise
+        names.pop()
+        return out
+
 
 class _Guard:
-    """The context of one named collective. A plain class, not ``contextlib.contextmanager``: the
-    training step and backward enter one every step, and a generator-based context costs several
-    times more than two method calls."""
+    """The context of one named collective (a plain class: a generator-based context costs several times
+    more than two method calls). The training step and backward, run every step, use ``_guarded`` instead."""
 
     __slots__ = ("strategy", "entry")
 
@@ -84,11 +100,16 @@ class _Guard:
         self.strategy._op_names.append(self.entry)
 
     def __exit__(self, kind, err, tb) -> bool:
-        strategy = self.strategy
-        strategy._op_names.pop()
-        if err is None or not isinstance(err, Exception) or not is_collective_failure(err):
-            return False
-        raise explain(err, self.entry[0], strategy.global_rank, strategy.world_size, strategy.timeout) from err
+        self.strategy._op_names.pop()
+        if err is not None:
+            _raise_if_collective_failure(self.strategy, err, self.entry[0])
+        return False
+
+
+def _raise_if_collective_failure(strategy, err: BaseException, what: str) -> None:
+    """Raise the :class:`CollectiveError` that explains ``err`` when it is a failing collective (else return)."""
+    if isinstance(err, Exception) and is_collective_failure(err):
+        raise explain(err, what, strategy.global_rank, strategy.world_size, strategy.timeout) from err
 
 
 def is_collective_failure(err: BaseException) -> bool:

@@ -7,7 +7,6 @@ same optimizer step. How the processes start is in :mod:`surge.launch`.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 from datetime import timedelta
 from typing import Any, Optional
@@ -19,9 +18,14 @@ from torch.nn.parallel import DistributedDataParallel
 from ..launch import ClusterEnvironment, LocalLauncher, attempt_store, detect_environment, watch_parent
 from ..utils import MisconfigurationError, rank_zero_only, rank_zero_warn
 from .collectives import NamedCollectives
-from .strategy import Strategy, register
+from ..precision import Precision
+from .strategy import _NOTHING, _STEP_HOOKS, Strategy, register
 
 _EXIT_BARRIER_TIMEOUT = timedelta(seconds=30)
+# What a failing collective inside the training step or backward is called in the error (see collectives.py).
+_STEP = ("the training step (DDP's forward, which broadcasts buffers from rank 0, or a collective in training_step)",
+         False)
+_BACKWARD = ("the gradient synchronisation in backward", True)
 _START_TIMEOUT = timedelta(minutes=2)
 _OPS = {"sum": dist.ReduceOp.SUM, "mean": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 
@@ -35,10 +39,20 @@ class _StepRouter(torch.nn.Module):
 
     def __init__(self, module: torch.nn.Module) -> None:
         super().__init__()
-        self.module = module
+        self.module = module  # registered: DDP finds the parameters through it
+        # The same module as a plain attribute, read at every step without nn.Module's __getattr__.
+        self.__dict__["_target"] = module
 
     def forward(self, stage: str, *args):
-        return getattr(self.module, f"{stage}_step")(*args)
+        return getattr(self._target, _STEP_HOOKS[stage])(*args)
+
+
+class _DDPStepRouter(_StepRouter):
+    """The router DDP wraps. DDP registers no module hooks on it (its gradient hooks sit on the parameters),
+    nor can a user reach it, so calling it goes straight to ``forward``, past nn.Module's hook dispatch."""
+
+    def __call__(self, stage: str, *args):
+        return getattr(self._target, _STEP_HOOKS[stage])(*args)
 
 
 @register("ddp")
@@ -186,27 +200,27 @@ class DDP(NamedCollectives, Strategy):
         if not any(p.requires_grad for p in module.parameters()):
             return  # nothing to synchronise (evaluation of a frozen model): DDP would refuse it anyway
         device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
-        self.model = DistributedDataParallel(_StepRouter(module), device_ids=device_ids, **self.ddp_kwargs)
+        self.model = DistributedDataParallel(_DDPStepRouter(module), device_ids=device_ids, **self.ddp_kwargs)
 
     # ------------------------------------------------------------------ the step
     def step(self, stage: str, *args) -> Any:
         if stage == "training" and isinstance(self.model, DistributedDataParallel):
-            with self.precision.autocast(), self._op("the training step (DDP's forward, which broadcasts buffers "
-                                                     "from rank 0, or a collective in training_step)"):
-                return self.model(stage, *args)
+            if self.precision.param_dtype is None and type(self.precision).autocast is Precision.autocast:
+                return self._guarded(_STEP, self.model, stage, *args)  # 32-true: no autocast context to enter
+            with self.precision.autocast():
+                return self._guarded(_STEP, self.model, stage, *args)
         # Evaluation needs no gradient hooks: call the module directly.
         return super().step(stage, *args)
 
     def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
-        with self.collective("the gradient synchronisation in backward"):
-            super().backward(loss, *args, **kwargs)
+        self._guarded(_BACKWARD, self.precision.backward, loss, *args, module=self.module, **kwargs)
 
     def no_backward_sync(self, active: bool):
         # The uneven-data loader handed out the epoch's last batch, maybe inside an accumulation window:
         # synchronise anyway, or the epoch-end optimizer step would use each rank's own gradients.
         if active and not self.final_batch_out and isinstance(self.model, DistributedDataParallel):
             return self.model.no_sync()
-        return contextlib.nullcontext()
+        return _NOTHING
 
     # ------------------------------------------------------------------ collectives
     def _collective_device(self) -> torch.device:
