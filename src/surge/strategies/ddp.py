@@ -51,8 +51,7 @@ class _DDPStepRouter(_StepRouter):
     """The router DDP wraps. DDP registers no module hooks on it (its gradient hooks sit on the parameters),
     nor can a user reach it, so calling it goes straight to ``forward``, past nn.Module's hook dispatch."""
 
-    def __call__(self, stage: str, *args):
-        return getattr(self._target, _STEP_HOOKS[stage])(*args)
+    __call__ = _StepRouter.forward
 
 
 @register("ddp")
