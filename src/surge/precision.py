@@ -75,13 +75,6 @@ class Precision:
         return f"{type(self).__name__}({self.name!r})"
 
 
-def _backward(loss: torch.Tensor, module, args: tuple, kwargs: dict) -> None:
-    if module is None:
-        loss.backward(*args, **kwargs)
-    else:
-        module.backward(loss, *args, **kwargs)
-
-
 def _has_grads(optimizer) -> bool:
     """Whether any parameter of ``optimizer`` holds a gradient (stops at the first that does)."""
     return any(p.grad is not None for group in optimizer.param_groups for p in group["params"])
@@ -137,7 +130,7 @@ class MixedPrecision(Precision):
     def backward(self, loss, *args, module=None, **kwargs) -> None:
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
-        _backward(loss, module, args, kwargs)
+        super().backward(loss, *args, module=module, **kwargs)
 
     def unscale(self, optimizer) -> None:
         # Nothing to unscale after a window without backward: the step below leaves the scaler out then.
