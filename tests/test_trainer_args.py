@@ -188,6 +188,30 @@ def test_check_val_every_n_epoch(tmp_path):
     assert [e for e, _, _ in fit_val_calls(model)] == [1, 3]
 
 
+@pytest.mark.parametrize("options, asked, steps", [
+    ({}, 0, [8, 16]),                                   # val_check_interval=1.0: only an epoch's end validates
+    ({"check_val_every_n_epoch": 2}, 0, [16]),          # the first epoch does not validate at all
+    ({"val_check_interval": 0.5}, 16, [4, 8, 12, 16]),  # every batch may be a check point
+    ({"val_check_interval": 3}, 16, [3, 6, 11, 14]),
+])
+def test_the_per_batch_validation_check_runs_only_where_it_can_say_yes(tmp_path, monkeypatch, options, asked, steps):
+    # The loop skips the per-batch check in an epoch where validation can only come at its end (the default);
+    # where it may come inside the epoch, every batch asks. Validation runs where it always did.
+    inside = []
+    original = surge.Trainer._val_due
+
+    def counting(self, batch_idx, limit, end_of_epoch):
+        if not end_of_epoch:
+            inside.append(batch_idx)
+        return original(self, batch_idx, limit, end_of_epoch)
+
+    monkeypatch.setattr(surge.Trainer, "_val_due", counting)
+    model = Counting()
+    make_trainer(tmp_path, max_epochs=2, limit_val_batches=1, **options).fit(model)
+    assert len(inside) == asked
+    assert [s for _, s, _ in fit_val_calls(model)] == steps
+
+
 @pytest.mark.parametrize("n, expected", [(0, 0), (2, 2), (-1, 4)])
 def test_num_sanity_val_steps(tmp_path, n, expected):
     model = Counting()

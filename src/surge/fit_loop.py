@@ -129,6 +129,7 @@ class FitLoop:
         # costs in Python beyond the user's own code); nor the batch transfer where it changes nothing.
         self._quiet = quiet = frozenset(name for name in _BATCH_HOOKS if not self._listened(name))
         to_device = self._transfer_needed()
+        val_inside = self._val_checks_inside_epoch(limit)  # False: no batch of this epoch but the last can validate
         profiler, preemption = self.profiler, self._preemption
         for batch_idx, batch in enumerate(batches, start=0 if read_and_drop else skip):
             if batch_idx < skip:
@@ -163,7 +164,7 @@ class FitLoop:
                 self._flush_loggers()
             # A stop about to happen inside the epoch validates first (if this epoch validates), as Lightning does;
             # at the epoch's last batch the epoch-end validation below is that one.
-            if self._val_due(batch_idx, limit, end_of_epoch=False) or (
+            if (val_inside and self._val_due(batch_idx, limit, end_of_epoch=False)) or (
                     state.should_stop and batch_idx + 1 != limit and self._can_stop_early() and self._validates_now()):
                 self._validation_in_fit()
                 validated_at = batch_idx
@@ -423,6 +424,15 @@ class FitLoop:
     def _validates_now(self) -> bool:
         """Whether this fit validates in the current epoch (``check_val_every_n_epoch``)."""
         return self._validates_in_fit and self._validates_on_epoch(self.state.epoch)
+
+    def _val_checks_inside_epoch(self, limit) -> bool:
+        """Whether ``_val_due`` can say yes before this epoch's last batch. With the default
+        ``val_check_interval=1.0`` it cannot (validation runs at the epoch's end), and the loop skips the check."""
+        if not self._validates_now():
+            return False  # (a fit that does not validate at this epoch's start cannot start to inside it)
+        interval = self.val_check_interval
+        return self._val_check_seconds is not None or not isinstance(interval, float) or (
+            interval != 1.0 and limit != math.inf)
 
     def _val_due(self, batch_idx: int, limit, end_of_epoch: bool) -> bool:
         if not self._validates_in_fit:
