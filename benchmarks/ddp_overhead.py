@@ -9,7 +9,9 @@ notes the time of each batch fetch. A side's step time is the time from the fetc
 fetch of the last batch, over the steps between: whole steps (fetch, forward, backward, optimizer step and,
 for surge, its loop), without the start and end of the fit. Those are printed apart, per fit: what a fit costs
 beyond its steps (surge: the epoch's start, its first steps' checks, the epoch-end agreement across ranks).
-Printed: the median step time of each side, the ratio of the medians, and the median of the pair ratios.
+Printed: the median step time of each side, the ratio of the medians, and the median of the pair ratios with
+a 95% bootstrap interval (the pairs resampled with replacement, 2000 times): how far that median could move
+with another draw of pairs on the same machine.
 
 ``--aa`` runs the plain loop on both sides (an A/A run): how far the pair ratios stray from 1 with no
 difference at all, the resolution of the measurement on this machine.
@@ -17,6 +19,7 @@ Usage: python benchmarks/ddp_overhead.py [--pairs 30] [--steps 120] [--skip 3] [
 """
 import argparse
 import os
+import random
 import statistics
 import time
 
@@ -71,6 +74,13 @@ class Run:
     def outside_steps(self, skip: int) -> float:
         """Seconds of the fit not spent in its steps, at this fit's own steady step time."""
         return self.seconds - self.step(skip) * len(self.stamps)
+
+
+def bootstrap_median(values: list, rounds: int = 2000, seed: int = 0) -> tuple:
+    """The 2.5% and 97.5% points of the median of ``values`` resampled with replacement ``rounds`` times."""
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(rounds))
+    return medians[int(0.025 * rounds)], medians[int(0.975 * rounds) - 1]
 
 
 def plain_run(steps, batch, width) -> Run:
@@ -160,7 +170,9 @@ def worker(rank: int, port: int, a) -> None:
         print(f"plain DDP loop  {med(b) * 1e6:8.1f} us/step (median)")
         print(f"{other_name if a.aa else 'surge ddp':15s} {med(s) * 1e6:8.1f} us/step (median)")
         print(f"ratio of the medians: {med(s) / med(b):.3f}")
-        print(f"median of the pair ratios: {med(ratios):.3f} (pairs {min(ratios):.3f}-{max(ratios):.3f})")
+        low, high = bootstrap_median(ratios)
+        print(f"median of the pair ratios: {med(ratios):.3f} (95% bootstrap interval {low:.3f}-{high:.3f}; "
+              f"pairs {min(ratios):.3f}-{max(ratios):.3f})")
         print(f"pairs (plain, {other_name} us/step): " + ", ".join(f"({x * 1e6:.0f}, {y * 1e6:.0f})" for x, y in zip(b, s)))
         print(f"per fit, outside the steps (median): plain {med(r.outside_steps(a.skip) for r in base) * 1e3:.2f} ms, "
               f"{other_name} {med(r.outside_steps(a.skip) for r in ours) * 1e3:.2f} ms")

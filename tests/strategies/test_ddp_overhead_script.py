@@ -31,6 +31,11 @@ def test_tiny_run_prints_medians_and_a_ratio_per_pair(aa):
     assert len(times) == 3 and all(x > 0 and y > 0 for x, y in times), out
     assert re.search(rf"^per fit, outside the steps \(median\): plain -?\d+\.\d\d ms, {other.replace(' ddp', '')} "
                      r"-?\d+\.\d\d ms$", out, re.M), out
+    median = re.search(r"^median of the pair ratios: (\d+\.\d{3}) \(95% bootstrap interval (\d+\.\d{3})-(\d+\.\d{3}); "
+                       r"pairs (\d+\.\d{3})-(\d+\.\d{3})\)$", out, re.M)
+    assert median, out
+    mid, low, high, least, most = map(float, median.groups())
+    assert least <= low <= mid <= high <= most, out
     assert re.search(r"^whole fits \(steps and the rest\): median of the pair ratios \d+\.\d{3}$", out, re.M), out
 
 
