@@ -1,7 +1,8 @@
 """Trainer: runs fit, validate, test and predict for a Module on any strategy.
 
-This file holds the arguments, the entry points (``fit``, ``validate``, ``test``, ``predict``), how a
-run is set up and torn down, and how hooks are called. The fit loop is in ``fit_loop.py``: read
+This file holds the arguments, the entry points (``fit``, ``validate``, ``test``, ``predict``) and how a
+run is set up and torn down; how hooks are called is in ``trainer_hooks.py``, the public read-only
+properties in ``trainer_properties.py``. The fit loop is in ``fit_loop.py``: read
 ``_fit_loop`` -> ``_train_epoch`` -> ``_train_batch`` there top to bottom: fetch a batch, forward and
 backward through the strategy, step the optimizers, log, validate, checkpoint. Everything the run
 knows about where it is lives in ``self.state`` (a :class:`TrainerState`).
@@ -9,7 +10,6 @@ knows about where it is lives in ``self.state`` (a :class:`TrainerState`).
 from __future__ import annotations
 
 import inspect
-import math
 import os
 from typing import Any, Optional, Union
 
@@ -32,16 +32,19 @@ from .speed import SpeedSettings
 from .state import TrainerState
 from .trainer_checkpoint import CheckpointHandling
 from .trainer_data import DataHandling
+from .trainer_hooks import HookCalls
 from .trainer_metrics import MetricsHandling
+from .trainer_properties import TrainerProperties
 from .tuner import TunerExit
 from .strategies.strategy import Strategy, get_strategy
 from . import faults
-from .profiler import NO_PROFILE, resolve_profiler
+from .profiler import resolve_profiler
 from .utils import MisconfigurationError, SurgeError
 
 
 
-class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, CheckpointHandling):
+class Trainer(TrainerProperties, HookCalls, FitLoop, EvaluationLoops, MetricsHandling, DataHandling,
+              CheckpointHandling):
     """Runs the training, evaluation and prediction of a :class:`surge.Module`.
 
     Example::
@@ -295,137 +298,6 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
         self._nan = faults.NanPolicy(on_nan)
         self._logger_guard = faults.LoggerGuard()  # a failing logger warns once; the run goes on
 
-    # ================================================================== public properties
-    @property
-    def current_epoch(self) -> int:
-        return self.state.epoch
-
-    @property
-    def global_step(self) -> int:
-        return self.state.global_step
-
-    @property
-    def should_stop(self) -> bool:
-        return self.state.should_stop
-
-    @should_stop.setter
-    def should_stop(self, value: bool) -> None:
-        self.state.should_stop = bool(value)
-
-    @property
-    def fit_loop(self):
-        """Lightning's ``trainer.fit_loop`` as far as user code reaches into it: ``max_epochs``, ``min_epochs``,
-        ``max_steps`` and ``min_steps`` to read and set (then ``fit`` again trains on), and the epochs done
-        (:mod:`surge.lightning._fit_loop_view`)."""
-        from .lightning._fit_loop_view import FitLoopView
-
-        return FitLoopView(self)
-
-    @property
-    def world_size(self) -> int:
-        return self.strategy.world_size
-
-    @property
-    def global_rank(self) -> int:
-        return self.strategy.global_rank
-
-    @property
-    def local_rank(self) -> int:
-        return self.strategy.local_rank
-
-    @property
-    def node_rank(self) -> int:
-        return self.strategy.node_rank
-
-    @property
-    def is_global_zero(self) -> bool:
-        return self.strategy.is_global_zero
-
-    @property
-    def num_devices(self) -> int:
-        return len(self._device_ids)
-
-    @property
-    def lightning_module(self) -> Optional[Module]:
-        return self.module
-
-    @property
-    def logger(self):
-        return self.loggers[0] if self.loggers else None
-
-    @property
-    def log_dir(self) -> str:
-        """The first logger's version folder, else ``default_root_dir``."""
-        if self.loggers and self.loggers[0].log_dir:
-            return self.loggers[0].log_dir
-        return self.default_root_dir
-
-    @property
-    def sanity_checking(self) -> bool:
-        return self.state.stage == "sanity_check"
-
-    @property
-    def training(self) -> bool:
-        return self.state.stage == "fit" and self.module is not None and self.module.training
-
-    @property
-    def validating(self) -> bool:
-        return self._results is not None and self._results.stage == "validate"
-
-    @property
-    def testing(self) -> bool:
-        return self.state.stage == "test"
-
-    @property
-    def predicting(self) -> bool:
-        return self.state.stage == "predict"
-
-    @property
-    def checkpoint_callbacks(self) -> list:
-        from .callbacks import ModelCheckpoint
-
-        return [cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)]
-
-    @property
-    def checkpoint_callback(self):
-        cbs = self.checkpoint_callbacks
-        return cbs[0] if cbs else None
-
-    @property
-    def early_stopping_callback(self):
-        from .callbacks import EarlyStopping
-
-        return next((cb for cb in self.callbacks if isinstance(cb, EarlyStopping)), None)
-
-    @property
-    def early_stopping_callbacks(self) -> list:
-        """Every EarlyStopping callback, in order."""
-        from .callbacks import EarlyStopping
-
-        return [cb for cb in self.callbacks if isinstance(cb, EarlyStopping)]
-
-    @property
-    def progress_bar_callback(self):
-        from .callbacks import ProgressBar
-
-        return next((cb for cb in self.callbacks if isinstance(cb, ProgressBar)), None)
-
-    @property
-    def ckpt_path(self) -> Optional[str]:
-        """The checkpoint the current run loaded, if any."""
-        return self._ckpt_path
-
-    @property
-    def estimated_stepping_batches(self) -> Union[int, float]:
-        """Optimizer steps fit will take (for schedulers such as OneCycleLR); ``inf`` if unbounded."""
-        self._ensure_train_data()  # read inside configure_optimizers: the train loaders are requested now
-        by_steps = self.max_steps if self.max_steps != -1 else math.inf
-        max_epochs = self.max_epochs if self.max_epochs is not None else (1000 if self.max_steps == -1 else -1)
-        if max_epochs == -1 or not isinstance(self.num_training_batches, int):
-            return by_steps
-        per_epoch = math.ceil(self.num_training_batches / self.accumulate_grad_batches)
-        return min(by_steps, per_epoch * max_epochs)  # whichever ends fit first
-
     # ================================================================== entry points
     def fit(self, model: Module, train_dataloaders=None, val_dataloaders=None, datamodule: Optional[DataModule] = None,
             ckpt_path: Optional[str] = None) -> None:
@@ -586,23 +458,6 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
             dm.prepare_data()
         self.strategy.barrier("prepare_data")
 
-    def _call_setup(self, stage: str) -> None:
-        stage_name = "validate" if stage == "sanity_check" else stage
-        for cb in self.callbacks:
-            cb.setup(self, self.module, stage_name)
-        if self.datamodule is not None:
-            self.datamodule.setup(stage_name)
-        self._results = Results("setup", self.strategy)
-        self._results.hook = "setup"
-        self.module.setup(stage_name)
-
-    def _call_teardown(self, stage: str) -> None:
-        if self.datamodule is not None:
-            self.datamodule.teardown(stage)
-        for cb in self.callbacks:
-            cb.teardown(self, self.module, stage)
-        self.module.teardown(stage)
-
     def _configure_optimizers(self) -> None:
         self._results.hook = "configure_optimizers"
         returned = self.module.configure_optimizers()
@@ -635,41 +490,6 @@ class Trainer(FitLoop, EvaluationLoops, MetricsHandling, DataHandling, Checkpoin
                 f"`Trainer(accumulate_grad_batches={self.accumulate_grad_batches})` (it does nothing when "
                 f"automatic_optimization = False) and step the optimizer every n batches in training_step"
             )
-
-    # ================================================================== hooks
-    def _call(self, name: str, *args) -> Any:
-        """Call hook ``name`` on every callback that defines it, then on the module."""
-        self._results.hook = name
-        fns, own = self._hooks.get(name) or self._listeners(name)
-        if not fns and own is None and self.profiler is None:
-            return None  # most hooks, most steps: nobody is listening
-        with NO_PROFILE if self.profiler is None else self.profiler.profile(name):
-            for fn in fns:
-                try:
-                    fn(self, self.module, *args)
-                except Exception as err:
-                    if hasattr(err, "add_note"):  # Python 3.11+: name the callback under the original traceback
-                        err.add_note(f"(raised by callback {type(fn.__self__).__name__}.{name})")
-                    raise
-            return own(*args) if own is not None else None
-
-    def _listeners(self, name: str) -> tuple[list, Any]:
-        """The callbacks' bound ``name`` hooks and the module's (``None`` when it keeps the placeholder).
-        Who overrides a hook is fixed for the run: looked up once."""
-        entry = self._hooks.get(name)
-        if entry is None:
-            base = getattr(Callback, name)
-            fns = [getattr(cb, name) for cb in self.callbacks if getattr(type(cb), name, base) is not base]
-            own = getattr(self.module, name, None)
-            if own is not None and getattr(Module, name, None) is not None and not _overrides(self.module, name, Module):
-                own = None  # the Module's own placeholder does nothing
-            entry = self._hooks[name] = (fns, own)
-        return entry
-
-    def _listened(self, name: str) -> bool:
-        fns, own = self._listeners(name)
-        return bool(fns) or own is not None or self.profiler is not None
-
 
 # ====================================================================== module checks
 def _has_step(module, name: str) -> bool:
