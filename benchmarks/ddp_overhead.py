@@ -13,14 +13,22 @@ Printed: the median step time of each side, the ratio of the medians, and the me
 a 95% bootstrap interval (the pairs resampled with replacement, 2000 times): how far that median could move
 with another draw of pairs on the same machine.
 
+``--launches N`` starts the two processes N times, one launch after another, each running ``--pairs`` pairs,
+and then pools every launch's pairs. On a shared machine one launch as a whole can come out faster or slower
+than the next by more than its own interval says (its medians' intervals need not overlap); pooled launches
+average that out.
+
 ``--aa`` runs the plain loop on both sides (an A/A run): how far the pair ratios stray from 1 with no
 difference at all, the resolution of the measurement on this machine.
-Usage: python benchmarks/ddp_overhead.py [--pairs 30] [--steps 120] [--skip 3] [--batch 64] [--width 256] [--aa]
+Usage: python benchmarks/ddp_overhead.py [--pairs 30] [--launches 1] [--steps 120] [--skip 3] [--batch 64] [--width 256]
+       [--aa]
 """
 import argparse
+import json
 import os
 import random
 import statistics
+import tempfile
 import time
 
 import torch
@@ -143,7 +151,7 @@ def with_surge(steps, batch, width) -> float:
     return surge_run(steps, batch, width).seconds / steps
 
 
-def worker(rank: int, port: int, a) -> None:
+def worker(rank: int, port: int, a, report: str) -> None:
     # What torchrun would set: surge reads it, and finds the process group created below.
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -177,14 +185,22 @@ def worker(rank: int, port: int, a) -> None:
         print(f"per fit, outside the steps (median): plain {med(r.outside_steps(a.skip) for r in base) * 1e3:.2f} ms, "
               f"{other_name} {med(r.outside_steps(a.skip) for r in ours) * 1e3:.2f} ms")
         whole = [o.seconds / p.seconds for p, o in zip(base, ours)]
-        print(f"whole fits (steps and the rest): median of the pair ratios {med(whole):.3f}")
+        print(f"whole fits (steps and the rest): median of the pair ratios {med(whole):.3f}", flush=True)
+        with open(report, "w") as f:  # for the pooled lines of --launches
+            json.dump({"ratios": ratios, "whole": whole}, f)
     dist.barrier()  # gloo may abort a process whose peer tears down first
     dist.destroy_process_group()
+
+
+def _read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--pairs", type=int, default=30)
+    p.add_argument("--launches", type=int, default=1, help="start the processes this many times and pool their pairs")
     p.add_argument("--steps", type=int, default=120)
     p.add_argument("--skip", type=int, default=3, help="the first batches of a fit, left out of its step time")
     p.add_argument("--batch", type=int, default=64)
@@ -194,7 +210,24 @@ def main() -> None:
     a = p.parse_args()
     if not 0 <= a.skip < a.steps - 1:
         p.error(f"--skip must be at least 0 and below --steps - 1 ({a.steps - 1}), got {a.skip}")
-    mp.start_processes(worker, args=(find_free_port(), a), nprocs=WORLD, start_method="spawn")
+    if a.pairs < 1 or a.launches < 1:
+        p.error(f"--pairs and --launches must be at least 1, got --pairs {a.pairs} --launches {a.launches}")
+    with tempfile.TemporaryDirectory() as folder:
+        reports = []
+        for launch in range(a.launches):
+            if a.launches > 1:
+                print(f"launch {launch + 1} of {a.launches}", flush=True)
+            reports.append(os.path.join(folder, f"launch{launch}.json"))
+            mp.start_processes(worker, args=(find_free_port(), a, reports[-1]), nprocs=WORLD, start_method="spawn")
+        if a.launches > 1:
+            launches = [_read_json(r) for r in reports]
+            ratios = [x for one in launches for x in one["ratios"]]
+            whole = [x for one in launches for x in one["whole"]]
+            low, high = bootstrap_median(ratios)
+            print(f"all {a.launches} launches, {len(ratios)} pairs: median of the pair ratios {statistics.median(ratios):.3f} "
+                  f"(95% bootstrap interval {low:.3f}-{high:.3f}); per launch: "
+                  + ", ".join(f"{statistics.median(one['ratios']):.3f}" for one in launches))
+            print(f"all launches, whole fits: median of the pair ratios {statistics.median(whole):.3f}")
 
 
 if __name__ == "__main__":

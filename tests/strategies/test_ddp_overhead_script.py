@@ -1,6 +1,7 @@
 """Smoke test of benchmarks/ddp_overhead.py: a tiny run of surge against the plain DDP loop, and the A/A run
 (``--aa``, the plain loop on both sides), each print both medians, one pair of step times per pair, and what
-a fit costs outside its steps; a bad --skip is refused."""
+a fit costs outside its steps; --launches pools the pairs of several launches; a bad --skip or --launches is
+refused."""
 import os
 import re
 import subprocess
@@ -39,7 +40,32 @@ def test_tiny_run_prints_medians_and_a_ratio_per_pair(aa):
     assert re.search(r"^whole fits \(steps and the rest\): median of the pair ratios \d+\.\d{3}$", out, re.M), out
 
 
+def test_launches_are_pooled():
+    env = child_env(PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    args = ["--pairs", "2", "--launches", "2", "--steps", "8", "--width", "16", "--batch", "4"]
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ddp_overhead.py"), *args],
+                          capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert re.findall(r"^launch (\d) of 2$", out, re.M) == ["1", "2"], out
+    per_launch = [float(x) for x in re.findall(r"^median of the pair ratios: (\d+\.\d{3}) ", out, re.M)]
+    assert len(per_launch) == 2, out
+    pooled = re.search(r"^all 2 launches, 4 pairs: median of the pair ratios (\d+\.\d{3}) \(95% bootstrap interval "
+                       r"(\d+\.\d{3})-(\d+\.\d{3})\); per launch: (\d+\.\d{3}), (\d+\.\d{3})$", out, re.M)
+    assert pooled, out
+    # the per-launch medians it lists are the ones each launch printed
+    assert [float(pooled.group(4)), float(pooled.group(5))] == per_launch, out
+    assert float(pooled.group(2)) <= float(pooled.group(1)) <= float(pooled.group(3)), out
+    assert re.search(r"^all launches, whole fits: median of the pair ratios \d+\.\d{3}$", out, re.M), out
+
+
 def test_skip_must_leave_steps_to_time():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ddp_overhead.py"), "--steps", "10", "--skip", "9"],
                           capture_output=True, text=True, env=child_env(), timeout=120)
     assert proc.returncode == 2 and "--skip must be at least 0 and below --steps - 1 (9), got 9" in proc.stderr
+
+
+def test_launches_must_be_positive():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ddp_overhead.py"), "--launches", "0"],
+                          capture_output=True, text=True, env=child_env(), timeout=120)
+    assert proc.returncode == 2 and "--pairs and --launches must be at least 1, got --pairs 30 --launches 0" in proc.stderr
