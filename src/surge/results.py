@@ -6,6 +6,7 @@ a logger or the progress bar writes them out.
 """
 from __future__ import annotations
 
+import hashlib
 import numbers
 import sys
 import zlib
@@ -277,10 +278,13 @@ class Results:
         ranks is an error naming the key and the ranks.
         """
         strategy = self.strategy
+        device = strategy._collective_device() if hasattr(strategy, "_collective_device") else torch.device("cpu")
         mine = sorted((name, m.reduce, m.on_step, m.prog_bar, m.logger) for name, (_, m) in out.items() if m.sync_dist)
         what = f"the {self.stage} epoch-end reduction of the values logged with sync_dist=True"
         with strategy.collective(what):
-            everyone = strategy.all_gather_object(mine)
+            # Mostly every rank logged the same keys with the same options (or none): one small all-reduce says
+            # so, and the lists themselves are gathered only where they differ.
+            everyone = [mine] if _same_on_every_rank(strategy, mine, device) else strategy.all_gather_object(mine)
         options: dict[str, dict[tuple, list[int]]] = {}
         for rank, entries in enumerate(everyone):
             for name, reduce, on_step, prog_bar, logger in entries:
@@ -294,7 +298,6 @@ class Results:
         if not options:
             return {}
         names = sorted(options)
-        device = strategy._collective_device() if hasattr(strategy, "_collective_device") else torch.device("cpu")
         neutral = {"mean": 0.0, "sum": 0.0, "max": -float("inf"), "min": float("inf")}
         # One vector per reduce op: a mean travels as (sum of value x batch size, total batch size).
         packs = {"sum": [], "max": [], "min": []}
@@ -335,6 +338,15 @@ class Results:
     def reset(self) -> None:
         self.metrics.clear()
         self._checked.clear()
+
+
+def _same_on_every_rank(strategy, value, device: torch.device) -> bool:
+    """Whether every rank holds the same ``value`` (by its ``repr``): a MAX all-reduce of a 63-bit digest and of
+    its negation gives the largest and the smallest digest at once."""
+    digest = int.from_bytes(hashlib.blake2b(repr(value).encode(), digest_size=8).digest(), "big") >> 1
+    largest, negated_smallest = strategy.reduce(torch.tensor([digest, -digest], dtype=torch.int64, device=device),
+                                                "max").tolist()
+    return largest == -negated_smallest
 
 
 def _levels(hook: str, name: str, on_step: Optional[bool], on_epoch: Optional[bool]) -> tuple[bool, bool]:

@@ -370,3 +370,54 @@ def test_the_per_step_guard_names_like_the_context_guard_and_always_unwinds():
         s._guarded(("generic", False), fails, gloo)
     assert str(raised.value).startswith("rank 0 of 2: the caller's name failed: it lost its connection")
     assert raised.value.__cause__ is gloo and s._op_names == []
+
+
+@pytest.mark.parametrize("other_keys", [["acc"], ["acc", "only_on_the_other_rank"]])
+def test_epoch_end_gathers_the_key_lists_only_when_the_ranks_differ(other_keys):
+    # Every rank sends a digest of its sync_dist key list in one small all-reduce; the lists themselves are
+    # gathered (all_gather_object, pickled) only when the digests differ. Here a stand-in strategy plays this
+    # rank and the other one: its reduce combines this rank's tensor with what the other rank would send.
+    import contextlib
+
+    from surge.results import Results, _same_on_every_rank
+
+    def log_each(results, keys):
+        results.hook = "training_step"
+        for key in keys:
+            results.log(key, torch.tensor(1.0), prog_bar=False, logger=True, on_step=False, on_epoch=True,
+                        reduce_fx="mean", enable_graph=False, sync_dist=True, add_dataloader_idx=True, batch_size=4,
+                        rank_zero_only=False)
+
+    class Capture:  # the other rank's side of the digest all-reduce: what it would send
+        def reduce(self, tensor, op):
+            self.sent = tensor
+            return tensor
+
+    other = Results("train", None)
+    log_each(other, other_keys)
+    theirs = sorted((m.name, m.reduce, m.on_step, m.prog_bar, m.logger) for m in other.metrics.values())
+    capture = Capture()
+    _same_on_every_rank(capture, theirs, torch.device("cpu"))
+
+    class TwoRanks:
+        world_size = 2
+        gathered = 0
+
+        def collective(self, what):
+            return contextlib.nullcontext()
+
+        def reduce(self, tensor, op):
+            if tensor.dtype == torch.int64:
+                return torch.maximum(tensor, capture.sent)
+            return tensor * 2 if op == "sum" else tensor  # the other rank logged the same values
+
+        def all_gather_object(self, obj):
+            self.gathered += 1
+            return [obj, theirs]
+
+    strategy = TwoRanks()
+    results = Results("train", strategy)
+    log_each(results, ["acc"])
+    values = results.epoch_metrics()
+    assert strategy.gathered == (0 if other_keys == ["acc"] else 1)
+    assert sorted(values) == sorted(other_keys) and float(values["acc"][0]) == 1.0
