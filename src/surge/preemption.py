@@ -142,7 +142,7 @@ class PreemptionHandler:
     def install(self, distributed: bool = False) -> None:
         self._distributed = distributed
         self._pending, self.acted = None, False
-        self._last, self._interval, self._blocking = None, 1, True
+        self._last, self._interval, self._blocking = None, 1, False
         self.next_check = 0 if distributed or self.received is not None else math.inf
         if threading.current_thread() is not threading.main_thread() or not self.signals:
             return  # signal handlers can only be set from the main thread
@@ -209,7 +209,11 @@ class PreemptionHandler:
         flag = 1 if self.received is not None else 0
         last, self._last = self._last, (step, now)
         if last is None:
-            return flag, 1, 1  # nothing measured yet: check again at the next step, waiting for the answer
+            # Nothing measured yet: check again at the next step. In the background, like a short step's check: a
+            # fit's first steps are no measure of its step time, and waiting on every rank here cost the ranks'
+            # start-up skew (1-4 ms a fit). A slow run waits from its third check on: a decision still comes
+            # within two steps of the signal.
+            return flag, 1, 0
         step_s = (now - last[1]) / max(1, step - last[0])
         interval = _MAX_INTERVAL if step_s <= 0 else max(1, min(_MAX_INTERVAL, int(_CHECK_EVERY_S / step_s)))
         return flag, interval, int(step_s >= _BLOCKING_STEP_S)

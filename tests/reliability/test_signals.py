@@ -89,6 +89,58 @@ def test_the_trainer_asks_for_a_decision_only_from_the_step_the_handler_names():
         ranks.uninstall()
 
 
+@pytest.mark.parametrize("step_s", [0.003, 0.3])
+def test_agreed_checks_start_in_the_background_and_wait_from_the_third_on_slow_steps(monkeypatch, step_s):
+    """Several processes: the first checks of a fit are posted without waiting (waiting cost every rank the
+    others' start-up skew); once the steps are measured slow (>= 0.25 s) each check is waited for at once.
+    The all-reduce is stood in for by this one rank's proposal; the clock advances ``step_s`` per step."""
+    import torch
+
+    import surge.preemption as preemption
+
+    clock = [100.0]
+    monkeypatch.setattr(preemption.time, "monotonic", lambda: clock[0])
+    handler = preemption.PreemptionHandler(["SIGUSR1"], 143, grace=None)
+    waited_at, trainer = [], type("T", (), {"global_step": 0})()
+
+    class Done:
+        def wait(self):
+            waited_at.append((trainer.global_step, posting[0]))
+
+    posting = [False]
+
+    def post(self, _trainer, proposal):
+        flag, interval, blocking = proposal
+        posting[0] = True
+        return Done(), torch.tensor([flag, -interval, blocking])
+
+    monkeypatch.setattr(preemption.PreemptionHandler, "_post", post)
+    handler.install(distributed=True)
+    slow = step_s >= 0.25
+    try:
+        decisions = []
+        for step in range(1, 9):
+            clock[0] += step_s
+            trainer.global_step = step
+            if slow and step == 5:
+                os.kill(os.getpid(), signal.SIGUSR1)  # arrives during step 5
+            posting[0] = False
+            if step >= handler.next_check:
+                decisions.append((step, handler.due(trainer)))
+                if decisions[-1][1]:
+                    break
+    finally:
+        handler.uninstall(wait=False)
+    # A wait right after this step's own post (True) is a blocking check; False: the previous check's post read.
+    blocking_steps = [step for step, after_own_post in waited_at if after_own_post]
+    if not slow:  # checks at steps 1, 2 and 3, none waited for; then every 100 steps (0.5 s / 3 ms, capped)
+        assert decisions == [(1, False), (2, False), (3, False)] and blocking_steps == []
+        assert handler.next_check == 103
+    else:  # every step; waited for from the third check on; the signal of step 5 stops the run at step 5
+        assert [s for s, _ in decisions] == [1, 2, 3, 4, 5] and blocking_steps == [3, 4, 5]
+        assert decisions[-1] == (5, True)
+
+
 def test_preemption_arguments_are_checked_at_construction():
     def trainer(**kw):
         return surge.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, **kw)
