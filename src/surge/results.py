@@ -282,8 +282,8 @@ class Results:
         mine = sorted((name, m.reduce, m.on_step, m.prog_bar, m.logger) for name, (_, m) in out.items() if m.sync_dist)
         what = f"the {self.stage} epoch-end reduction of the values logged with sync_dist=True"
         with strategy.collective(what):
-            # Mostly every rank logged the same keys with the same options (or none): one small all-reduce says
-            # so, and the lists themselves are gathered only where they differ.
+            # Mostly every rank logged the same keys with the same options (or none): one small all_gather of
+            # digests says so, and the lists themselves are gathered (pickled) only where they differ.
             everyone = [mine] if _same_on_every_rank(strategy, mine, device) else strategy.all_gather_object(mine)
         options: dict[str, dict[tuple, list[int]]] = {}
         for rank, entries in enumerate(everyone):
@@ -341,12 +341,11 @@ class Results:
 
 
 def _same_on_every_rank(strategy, value, device: torch.device) -> bool:
-    """Whether every rank holds the same ``value`` (by its ``repr``): a MAX all-reduce of a 63-bit digest and of
-    its negation gives the largest and the smallest digest at once."""
-    digest = int.from_bytes(hashlib.blake2b(repr(value).encode(), digest_size=8).digest(), "big") >> 1
-    largest, negated_smallest = strategy.reduce(torch.tensor([digest, -digest], dtype=torch.int64, device=device),
-                                                "max").tolist()
-    return largest == -negated_smallest
+    """Whether every rank holds the same ``value`` (by its ``repr``), from an all_gather of one 64-bit digest per
+    rank. (An all_gather, as the pickled gather's first step is: a rank that meets another rank's all-reduce here,
+    one rank having left its epoch early, times out with both places named instead of aborting on the mismatch.)"""
+    digest = int.from_bytes(hashlib.blake2b(repr(value).encode(), digest_size=8).digest(), "big", signed=True)
+    return len(set(strategy.all_gather(torch.tensor([digest], dtype=torch.int64, device=device)).view(-1).tolist())) == 1
 
 
 def _levels(hook: str, name: str, on_step: Optional[bool], on_epoch: Optional[bool]) -> tuple[bool, bool]:

@@ -374,9 +374,9 @@ def test_the_per_step_guard_names_like_the_context_guard_and_always_unwinds():
 
 @pytest.mark.parametrize("other_keys", [["acc"], ["acc", "only_on_the_other_rank"]])
 def test_epoch_end_gathers_the_key_lists_only_when_the_ranks_differ(other_keys):
-    # Every rank sends a digest of its sync_dist key list in one small all-reduce; the lists themselves are
+    # Every rank sends a digest of its sync_dist key list in one small all_gather; the lists themselves are
     # gathered (all_gather_object, pickled) only when the digests differ. Here a stand-in strategy plays this
-    # rank and the other one: its reduce combines this rank's tensor with what the other rank would send.
+    # rank and the other one: its all_gather adds what the other rank would send.
     import contextlib
 
     from surge.results import Results, _same_on_every_rank
@@ -388,10 +388,10 @@ def test_epoch_end_gathers_the_key_lists_only_when_the_ranks_differ(other_keys):
                         reduce_fx="mean", enable_graph=False, sync_dist=True, add_dataloader_idx=True, batch_size=4,
                         rank_zero_only=False)
 
-    class Capture:  # the other rank's side of the digest all-reduce: what it would send
-        def reduce(self, tensor, op):
+    class Capture:  # the other rank's side of the digest all_gather: what it would send
+        def all_gather(self, tensor):
             self.sent = tensor
-            return tensor
+            return tensor.unsqueeze(0)
 
     other = Results("train", None)
     log_each(other, other_keys)
@@ -406,9 +406,10 @@ def test_epoch_end_gathers_the_key_lists_only_when_the_ranks_differ(other_keys):
         def collective(self, what):
             return contextlib.nullcontext()
 
+        def all_gather(self, tensor):
+            return torch.stack([tensor, capture.sent])
+
         def reduce(self, tensor, op):
-            if tensor.dtype == torch.int64:
-                return torch.maximum(tensor, capture.sent)
             return tensor * 2 if op == "sum" else tensor  # the other rank logged the same values
 
         def all_gather_object(self, obj):
