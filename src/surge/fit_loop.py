@@ -429,7 +429,7 @@ class FitLoop:
         """Whether ``_val_due`` can say yes before this epoch's last batch. With the default
         ``val_check_interval=1.0`` it cannot (validation runs at the epoch's end), and the loop skips the check."""
         if not self._validates_now():
-            return False  # (a fit that does not validate at this epoch's start cannot start to inside it)
+            return False  # (nothing inside an epoch turns validation on)
         interval = self.val_check_interval
         return self._val_check_seconds is not None or not isinstance(interval, float) or (
             interval != 1.0 and limit != math.inf)
