@@ -241,7 +241,8 @@ class _Timed(Counting):
 @pytest.mark.parametrize("interval", ["00:00:00:03", {"seconds": 3}, timedelta(seconds=2.5)])
 def test_a_duration_validates_by_the_clock_at_batch_ends(tmp_path, monkeypatch, interval):
     clock = _Clock()
-    monkeypatch.setattr("surge.fit_loop.time", clock)
+    for module in ("surge.fit_loop", "surge.fit_validation"):  # training starts the clock; validation reads it
+        monkeypatch.setattr(f"{module}.time", clock)
     seen = []
 
     model = _Timed(clock, seen)
@@ -256,7 +257,8 @@ def test_a_duration_validates_by_the_clock_at_batch_ends(tmp_path, monkeypatch, 
 
 def test_a_duration_with_check_val_every_n_epoch_validates_only_in_those_epochs(tmp_path, monkeypatch):
     clock = _Clock()
-    monkeypatch.setattr("surge.fit_loop.time", clock)
+    for module in ("surge.fit_loop", "surge.fit_validation"):  # training starts the clock; validation reads it
+        monkeypatch.setattr(f"{module}.time", clock)
     epochs = []
 
     trainer = quiet(default_root_dir=tmp_path, max_epochs=4, limit_train_batches=4, limit_val_batches=1,
