@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass, fields
 from typing import Any, Optional
 
@@ -189,6 +190,44 @@ def _describe(obj) -> str:
     if isinstance(obj, (list, tuple)):
         return f"a {type(obj).__name__} of [{', '.join(type(o).__name__ for o in obj)}]"
     return f"a {type(obj).__name__}" if obj is not None else "None"
+
+
+def install_optimizers(trainer) -> None:
+    """Call the module's ``configure_optimizers`` and set the trainer up with what it returns: its optimizers,
+    their schedulers, the handles manual optimisation steps, and whether ``training_step`` takes
+    ``optimizer_idx``. Combinations the run cannot train raise here, before the first step."""
+    module = trainer.module
+    trainer._results.hook = "configure_optimizers"
+    returned = module.configure_optimizers()
+    if returned is None:
+        if module.automatic_optimization:
+            raise SurgeError(f"{type(module).__name__}.configure_optimizers returned None; return an optimizer "
+                             f"(or set automatic_optimization = False and step nothing)")
+        trainer.optimizers, trainer.lr_scheduler_configs = [], []
+    else:
+        trainer.optimizers, trainer.lr_scheduler_configs = parse_optimizers(
+            returned, automatic=module.automatic_optimization, module=module)
+    trainer._optimizer_handles = [OptimizerHandle(o, trainer) for o in trainer.optimizers]
+    trainer.strategy.precision.check_optimizers(trainer.optimizers)
+    trainer._step_takes_opt_idx = len(trainer.optimizers) > 1 and module.automatic_optimization \
+        and "optimizer_idx" in inspect.signature(module.training_step).parameters
+    if len(trainer.optimizers) > 1 and module.automatic_optimization and not trainer._step_takes_opt_idx:
+        raise SurgeError(
+            f"configure_optimizers returned {len(trainer.optimizers)} optimizers under automatic optimisation, so "
+            f"training_step must take an `optimizer_idx` argument: training_step(self, batch, batch_idx, optimizer_idx)"
+        )
+    reason = trainer.strategy.manual_optimization_unsupported
+    if not module.automatic_optimization and reason:
+        raise MisconfigurationError(
+            f"{type(module).__name__} sets automatic_optimization = False, which strategy="
+            f"{trainer.strategy.name!r} cannot train yet: {reason}. Use automatic optimization (several "
+            f"optimizers: training_step(self, batch, batch_idx, optimizer_idx)), or one device")
+    if not module.automatic_optimization and trainer.accumulate_grad_batches > 1:
+        raise MisconfigurationError(
+            f"Automatic gradient accumulation is not supported for manual optimization: remove "
+            f"`Trainer(accumulate_grad_batches={trainer.accumulate_grad_batches})` (it does nothing when "
+            f"automatic_optimization = False) and step the optimizer every n batches in training_step"
+        )
 
 
 class OptimizerHandle:

@@ -23,7 +23,7 @@ from .datamodule import DataModule, _overrides
 from .evaluation import STAGE_PREFIX, EvaluationLoops
 from .fit_loop import FitLoop
 from .module import Module
-from .optim import OptimizerHandle, SchedulerConfig, parse_optimizers
+from .optim import OptimizerHandle, SchedulerConfig, install_optimizers
 from .precision import normalize_precision
 from .results import Results
 from . import resume
@@ -39,7 +39,7 @@ from .tuner import TunerExit
 from .strategies.strategy import Strategy, get_strategy
 from . import faults
 from .profiler import resolve_profiler
-from .utils import MisconfigurationError, SurgeError
+from .utils import MisconfigurationError
 
 
 
@@ -459,37 +459,7 @@ class Trainer(TrainerProperties, HookCalls, FitLoop, EvaluationLoops, MetricsHan
         self.strategy.barrier("prepare_data")
 
     def _configure_optimizers(self) -> None:
-        self._results.hook = "configure_optimizers"
-        returned = self.module.configure_optimizers()
-        if returned is None:
-            if self.module.automatic_optimization:
-                raise SurgeError(f"{type(self.module).__name__}.configure_optimizers returned None; return an optimizer "
-                                 f"(or set automatic_optimization = False and step nothing)")
-            self.optimizers, self.lr_scheduler_configs = [], []
-        else:
-            self.optimizers, self.lr_scheduler_configs = parse_optimizers(
-                returned, automatic=self.module.automatic_optimization, module=self.module)
-        self._optimizer_handles = [OptimizerHandle(o, self) for o in self.optimizers]
-        self.strategy.precision.check_optimizers(self.optimizers)
-        self._step_takes_opt_idx = len(self.optimizers) > 1 and self.module.automatic_optimization \
-            and "optimizer_idx" in inspect.signature(self.module.training_step).parameters
-        if len(self.optimizers) > 1 and self.module.automatic_optimization and not self._step_takes_opt_idx:
-            raise SurgeError(
-                f"configure_optimizers returned {len(self.optimizers)} optimizers under automatic optimisation, so "
-                f"training_step must take an `optimizer_idx` argument: training_step(self, batch, batch_idx, optimizer_idx)"
-            )
-        reason = self.strategy.manual_optimization_unsupported
-        if not self.module.automatic_optimization and reason:
-            raise MisconfigurationError(
-                f"{type(self.module).__name__} sets automatic_optimization = False, which strategy="
-                f"{self.strategy.name!r} cannot train yet: {reason}. Use automatic optimization (several "
-                f"optimizers: training_step(self, batch, batch_idx, optimizer_idx)), or one device")
-        if not self.module.automatic_optimization and self.accumulate_grad_batches > 1:
-            raise MisconfigurationError(
-                f"Automatic gradient accumulation is not supported for manual optimization: remove "
-                f"`Trainer(accumulate_grad_batches={self.accumulate_grad_batches})` (it does nothing when "
-                f"automatic_optimization = False) and step the optimizer every n batches in training_step"
-            )
+        install_optimizers(self)
 
 # ====================================================================== module checks
 def _has_step(module, name: str) -> bool:
