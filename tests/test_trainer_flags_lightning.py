@@ -297,6 +297,61 @@ def test_max_steps_alone_bounds_fit_without_a_warning(tmp_path):
     assert trainer.max_epochs == -1 and trainer.global_step == 3
 
 
+
+class Positions(ToyModel):
+    """ToyModel noting (current_epoch, batch_idx, global_step) at each training step, and current_epoch at
+    on_train_end."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps, self.at_train_end = [], None
+
+    def training_step(self, batch, batch_idx):
+        self.steps.append((self.current_epoch, batch_idx, self.global_step))
+        return super().training_step(batch, batch_idx)
+
+    def on_train_end(self):
+        self.at_train_end = self.current_epoch
+
+
+@pytest.mark.parametrize(("max_steps", "epochs"), [(5, 2), (6, 2), (4, 2), (2, 1)])
+def test_an_epoch_that_max_steps_ends_early_counts_in_current_epoch(tmp_path, max_steps, epochs):
+    # 3 batches an epoch: max_steps 5 ends inside epoch 1, 6 at its end; both make current_epoch 2, as in Lightning
+    model = Positions()
+    trainer = quiet(default_root_dir=tmp_path, max_steps=max_steps, limit_train_batches=3, limit_val_batches=0)
+    trainer.fit(model)
+    assert trainer.global_step == max_steps
+    assert trainer.current_epoch == epochs and model.at_train_end == epochs
+    assert model.current_epoch == epochs
+
+
+def test_a_checkpoint_after_an_early_ended_epoch_resumes_inside_it(tmp_path):
+    model = Positions()
+    trainer = quiet(default_root_dir=tmp_path, max_steps=5, limit_train_batches=3, limit_val_batches=0)
+    trainer.fit(model)
+    path = str(tmp_path / "after.ckpt")
+    trainer.save_checkpoint(path)
+    assert torch.load(path, weights_only=False)["epoch"] == 1  # the epoch the run is inside, as a mid-epoch save says
+    resumed = Positions()
+    trainer = quiet(default_root_dir=tmp_path, max_steps=9, limit_train_batches=3, limit_val_batches=0)
+    trainer.fit(resumed, ckpt_path=path)
+    # the next batch of epoch 1, then epoch 2: the batches an uninterrupted run of 9 steps takes
+    assert resumed.steps == [(1, 2, 5), (2, 0, 6), (2, 1, 7), (2, 2, 8)]
+    assert trainer.current_epoch == 3 and trainer.global_step == 9
+
+
+def test_a_stop_inside_an_epoch_counts_it(tmp_path):
+    class StopsAtStep4(Positions):
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            if self.global_step == 4:
+                self.trainer.should_stop = True
+
+    model = StopsAtStep4()
+    trainer = quiet(default_root_dir=tmp_path, max_epochs=5, limit_train_batches=3, limit_val_batches=0)
+    trainer.fit(model)
+    assert model.steps[-1] == (1, 0, 3)  # the last step: epoch 1, batch 0
+    assert (trainer.global_step, trainer.current_epoch, model.at_train_end) == (4, 2, 2)
+
 # ---------------------------------------------------------------- validation data and validation_step
 def test_val_data_without_validation_step_warns_and_skips(tmp_path):
     model = Counting()

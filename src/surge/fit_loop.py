@@ -65,6 +65,7 @@ class FitLoop(ValidationInFit):
         """Train epoch after epoch until fit is done (also the tuner's trials, with their own limits)."""
         state = self.state
         self._said_minimum_not_met = False
+        self._epoch_cut_short = False
         while not self._fit_done():
             if state.batch_idx == 0 and self._setup_train_data():  # a reload due at this epoch's start
                 self._warn_if_fewer_batches_than_log_interval()
@@ -73,6 +74,9 @@ class FitLoop(ValidationInFit):
                 state.epoch += 1
                 state.batch_idx = 0
                 self._epoch_finished = False
+        # Fit ended inside an epoch (max_steps, a stop): from here on current_epoch counts that epoch as done, as
+        # Lightning's does; the state keeps the position inside it, so a checkpoint still resumes at the next batch.
+        self._epoch_cut_short = state.batch_idx > 0
 
     def _read_module_signatures(self) -> None:
         """What the module's own methods take and override, read once per fit so that no step inspects them."""

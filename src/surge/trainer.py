@@ -287,6 +287,7 @@ class Trainer(TrainerProperties, HookCalls, FitLoop, EvaluationLoops, MetricsHan
         self.num_predict_batches: list = []
         self.num_sanity_val_batches: list = []
         self._epoch_finished = False
+        self._epoch_cut_short = False  # see FitLoop._run_epochs and current_epoch
         self._resume_position: Optional[dict] = None  # where a mid-epoch checkpoint left the data
         self._epoch_loader_state: Optional[dict] = None
         self._tracker = None

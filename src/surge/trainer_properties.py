@@ -13,7 +13,9 @@ class TrainerProperties:
 
     @property
     def current_epoch(self) -> int:
-        return self.state.epoch
+        """The training epoch running now (0-based); after fit, the epochs it ran, counting one that max_steps or
+        a stop ended early (as Lightning counts them)."""
+        return self.state.epoch + 1 if self._epoch_cut_short else self.state.epoch
 
     @property
     def global_step(self) -> int:

@@ -95,9 +95,10 @@ def test_stops_fit_after_the_batch_that_spends_the_duration(tmp_path, clock, cap
     timer = Timer(duration={"seconds": 6})
     t = trainer(tmp_path, timer)
     t.fit(Ticking(clock), data())
-    # 1 s per batch: the 6th batch (epoch 1, batch 1) spends the budget and fit ends right after it
+    # 1 s per batch: the 6th batch (epoch 1, batch 1) spends the budget and fit ends right after it; the epoch
+    # it ended inside counts in current_epoch, as in Lightning
     assert t.global_step == 6
-    assert t.current_epoch == 1
+    assert t.current_epoch == 2
     assert timer.time_elapsed("train") == 6
     assert timer.time_remaining("train") == 0
     assert timer.end_time("train") - timer.start_time("train") == 6

@@ -71,7 +71,7 @@ class _Snapshot:
         self.schedulers = [copy.deepcopy(c.scheduler.state_dict()) for c in trainer.lr_scheduler_configs]
         self.precision = copy.deepcopy(s.precision.state_dict())
         self.state = trainer.state.state_dict()
-        self.epoch_finished = trainer._epoch_finished
+        self.epoch_finished, self.cut_short = trainer._epoch_finished, trainer._epoch_cut_short
         self.metrics = [dict(m) for m in (trainer.callback_metrics, trainer.logged_metrics, trainer.progress_bar_metrics)]
         self.rng = capture_rng_state()
         self.training = trainer.module.training
@@ -91,7 +91,7 @@ class _Snapshot:
         trainer.state.load_state_dict(self.state)
         trainer.state.stage = stage
         trainer.state.should_stop = False
-        trainer._epoch_finished = self.epoch_finished
+        trainer._epoch_finished, trainer._epoch_cut_short = self.epoch_finished, self.cut_short
         trainer._grads_pending.clear()
         for live, kept in zip((trainer.callback_metrics, trainer.logged_metrics, trainer.progress_bar_metrics),
                               self.metrics):
