@@ -340,6 +340,14 @@ def test_a_checkpoint_after_an_early_ended_epoch_resumes_inside_it(tmp_path):
     assert trainer.current_epoch == 3 and trainer.global_step == 9
 
 
+def test_the_file_saved_at_the_end_of_an_early_ended_epoch_is_named_by_that_epoch(tmp_path):
+    # Lightning's name for it: epoch=1-step=5 (the epoch it was cut in), though current_epoch is 2 afterwards
+    trainer = quiet(default_root_dir=tmp_path, max_steps=5, limit_train_batches=3, limit_val_batches=0,
+                    enable_checkpointing=True, callbacks=[ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)])
+    trainer.fit(Positions())
+    assert sorted(os.listdir(tmp_path / "ck")) == ["epoch=1-step=5.ckpt", "last.ckpt"]
+    assert trainer.current_epoch == 2
+
 def test_a_stop_inside_an_epoch_counts_it(tmp_path):
     class StopsAtStep4(Positions):
         def on_train_batch_end(self, outputs, batch, batch_idx):

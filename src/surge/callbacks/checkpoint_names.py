@@ -17,7 +17,9 @@ class CheckpointNames:
     def _monitor_candidates(self, trainer) -> dict:
         """``trainer.callback_metrics`` with ``epoch`` and ``step`` (ints) added where they were not logged."""
         metrics = dict(trainer.callback_metrics)
-        for key, value in (("epoch", trainer.current_epoch), ("step", trainer.global_step)):
+        # The epoch the saved state is in: after fit ended inside an epoch, current_epoch already counts that
+        # epoch, and the file saved at on_train_end is named as Lightning names it, by the epoch it was cut in.
+        for key, value in (("epoch", trainer.state.epoch), ("step", trainer.global_step)):
             logged = metrics.get(key)
             metrics[key] = logged.int() if isinstance(logged, torch.Tensor) else torch.tensor(value)
         return metrics
