@@ -556,4 +556,47 @@ def test_fit_loop_max_epochs_set_between_fits_trains_on_with_the_same_trainer(tm
         trainer.fit_loop.max_epochs = "ten"
     with pytest.raises(AttributeError, match="surge has no Lightning loop objects"):
         trainer.fit_loop.epoch_loop.val_loop
-    assert not hasattr(trainer.fit_loop, "total_batch_idx")
+
+
+def test_fit_loop_batch_indices_count_a_batch_from_its_start(tmp_path):
+    class Recording(Counting):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def note(self, where, batch_idx=None):
+            loop = self.trainer.fit_loop
+            self.seen.append((where, loop.total_batch_idx, loop.epoch_loop.batch_idx, batch_idx))
+
+        def on_train_epoch_start(self):
+            self.note("epoch start")
+
+        def on_train_batch_start(self, batch, batch_idx):
+            self.note("start", batch_idx)
+
+        def training_step(self, batch, batch_idx):
+            self.note("step", batch_idx)
+            return super().training_step(batch, batch_idx)
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            self.note("end", batch_idx)
+
+        def validation_step(self, batch, batch_idx):
+            if not self.trainer.sanity_checking:
+                self.note("val")
+            return super().validation_step(batch, batch_idx)
+
+    model = Recording()
+    # 4 batches an epoch, validation every 3 training batches counted across epochs (Lightning's own test)
+    trainer = quiet(default_root_dir=tmp_path, max_steps=12, limit_train_batches=4, limit_val_batches=1,
+                    val_check_interval=3, check_val_every_n_epoch=None, num_sanity_val_steps=0)
+    assert trainer.fit_loop.total_batch_idx == -1
+    trainer.fit(model)
+    assert [(total, idx) for where, total, idx, _ in model.seen if where == "epoch start"] == [(-1, -1), (3, 3), (7, 3)]
+    inside = [(where, total, idx, batch_idx) for where, total, idx, batch_idx in model.seen
+              if where in ("start", "step", "end")]
+    # every hook of a batch sees that batch's own indices: over the fit (0..11) and in its epoch (0..3)
+    assert inside == [(where, g, g % 4, g % 4) for g in range(12) for where in ("start", "step", "end")]
+    assert [total + 1 for where, total, _, _ in model.seen if where == "val"] == [3, 6, 9, 12]
+    # after fit, as between epochs (on_train_epoch_start above), the last batch's: Lightning's values
+    assert trainer.fit_loop.total_batch_idx == 11 and trainer.fit_loop.epoch_loop.batch_idx == 3

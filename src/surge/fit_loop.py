@@ -65,14 +65,14 @@ class FitLoop(ValidationInFit):
         """Train epoch after epoch until fit is done (also the tuner's trials, with their own limits)."""
         state = self.state
         self._said_minimum_not_met = False
-        self._epoch_cut_short = False
+        self._epoch_cut_short = self._batch_open = False
         while not self._fit_done():
             if state.batch_idx == 0 and self._setup_train_data():  # a reload due at this epoch's start
                 self._warn_if_fewer_batches_than_log_interval()
             self._train_epoch()
             if self._epoch_finished:
                 state.epoch += 1
-                state.batch_idx = 0
+                self._batches_of_last_epoch, state.batch_idx = state.batch_idx, 0
                 self._epoch_finished = False
         # Fit ended inside an epoch (max_steps, a stop): from here on current_epoch counts that epoch as done, as
         # Lightning's does; the state keeps the position inside it, so a checkpoint still resumes at the next batch.
@@ -145,6 +145,7 @@ class FitLoop(ValidationInFit):
                 break
             if to_device:
                 batch = self._to_device(batch, 0)
+            self._batch_open = True  # (trainer.fit_loop.total_batch_idx counts a batch from its start, as Lightning)
             results.new_batch(batch)
             if "on_train_batch_start" not in quiet and self._call("on_train_batch_start", batch, batch_idx) == -1:
                 batch_idx -= 1
@@ -156,6 +157,7 @@ class FitLoop(ValidationInFit):
                     output = self._train_batch(batch, batch_idx, last=batch_idx + 1 == limit)
             state.batch_idx = batch_idx + 1
             state.batches_seen += 1
+            self._batch_open = False
             if batch_end_listened:
                 self._update_step_metrics()  # on_train_batch_end (ModelCheckpoint, the bar) sees this step's values
                 # What it sees holds no graph: the step's activations can be freed.

@@ -288,6 +288,8 @@ class Trainer(TrainerProperties, HookCalls, FitLoop, EvaluationLoops, MetricsHan
         self.num_sanity_val_batches: list = []
         self._epoch_finished = False
         self._epoch_cut_short = False  # see FitLoop._run_epochs and current_epoch
+        self._batch_open = False  # a training batch has started and not yet ended
+        self._batches_of_last_epoch = 0  # the batches the epoch that ended last ran
         self._resume_position: Optional[dict] = None  # where a mid-epoch checkpoint left the data
         self._epoch_loader_state: Optional[dict] = None
         self._tracker = None
