@@ -247,6 +247,26 @@ def test_binsearch_finds_the_limit_and_takes_the_margin_off():
     assert model.hparams.batch_size == 38
 
 
+
+def test_the_search_collects_only_what_its_trials_made_and_leaves_gc_as_it_found_it(monkeypatch):
+    import gc
+
+    counts, collect = [], gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *a: counts.append(gc.get_freeze_count()) or collect(*a))
+    before = gc.get_freeze_count()
+    assert before == 0
+    trainer = surge.Trainer(max_epochs=1, **QUIET)
+    assert Tuner(trainer).scale_batch_size(Limited(), mode="binsearch", steps_per_trial=1, margin=0.0) == 40
+    # every collection between trials ran with the older objects frozen; afterwards nothing is frozen
+    assert counts and min(counts) > 0 and gc.get_freeze_count() == 0
+    # a program that froze objects itself keeps them frozen
+    gc.freeze()
+    try:
+        assert Tuner(trainer).scale_batch_size(Limited(), steps_per_trial=1) == 32
+        assert gc.get_freeze_count() > 0  # (the count itself drops as frozen objects are freed by refcount)
+    finally:
+        gc.unfreeze()
+
 def test_growth_stops_at_the_dataset_max_val_and_max_trials():
     model = LeastSquares()
     trainer = surge.Trainer(max_epochs=1, **QUIET)

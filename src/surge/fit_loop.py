@@ -35,7 +35,7 @@ class FitLoop(ValidationInFit):
     """Trainer methods that run ``fit``: epochs, batches, optimizer steps; mixed into :class:`surge.Trainer`."""
 
     def _fit_loop(self) -> None:
-        self._flush_due = False
+        self._flush_due = self._epoch_cut_short = False  # (a new fit: current_epoch is the state's again)
         self._read_module_signatures()
         if self._ckpt_path is not None:
             self._continue_logger_history()
