@@ -234,3 +234,51 @@ def test_mixed_precision_on_a_device_without_autocast_is_an_error():
 
     with pytest.raises(MisconfigurationError, match="16-mixed"):
         get_precision("16-mixed", torch.device("meta"))
+
+
+def _count_layer_calls(monkeypatch):
+    """Count the calls of the layers between the fit loop and torch that a plain step can go without."""
+    from surge import precision, strategies
+    from surge.module_hooks import ModuleHooks
+
+    calls = {"zero_grad": 0, "backward": 0, "optimizer_step": 0}
+
+    def counting(cls, name, key):
+        original = getattr(cls, name)
+
+        def wrapper(*args, **kwargs):
+            calls[key] += 1
+            return original(*args, **kwargs)
+        monkeypatch.setattr(cls, name, wrapper)
+
+    counting(ModuleHooks, "optimizer_zero_grad", "zero_grad")
+    counting(precision.Precision, "backward", "backward")
+    counting(strategies.strategy.Strategy, "optimizer_step", "optimizer_step")
+    return calls
+
+
+def test_a_plain_step_calls_torch_directly_and_a_customised_one_goes_through_every_layer(monkeypatch):
+    # Nothing listens or overrides: zero_grad, backward and the optimizer step run without the layers in between
+    # (a dozen Python calls a step fewer); the losses are those of the full path below.
+    torch.manual_seed(0)
+    plain = LossRecorder()
+    make_trainer(max_steps=4).fit(plain, DataLoader(ToyDataset(32, 64), batch_size=8))
+    calls = _count_layer_calls(monkeypatch)
+    torch.manual_seed(0)
+    again = LossRecorder()
+    make_trainer(max_steps=4).fit(again, DataLoader(ToyDataset(32, 64), batch_size=8))
+    assert calls == {"zero_grad": 0, "backward": 0, "optimizer_step": 0}
+
+    class Customised(LossRecorder):  # its own backward and zero_grad hooks: every layer again
+        def backward(self, loss, *args, **kwargs):
+            loss.backward(*args, **kwargs)
+
+        def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
+            super().optimizer_zero_grad(epoch, batch_idx, optimizer)
+
+    torch.manual_seed(0)
+    custom = Customised()
+    # gradient clipping needs the full optimizer step (the precision unscales before it)
+    make_trainer(max_steps=4, gradient_clip_val=1e6).fit(custom, DataLoader(ToyDataset(32, 64), batch_size=8))
+    assert calls == {"zero_grad": 4, "backward": 4, "optimizer_step": 4}
+    assert plain.losses == again.losses == custom.losses

@@ -19,9 +19,11 @@ from .datamodule import _overrides
 from .fit_step import _check_step_output, _detached_output, _OptimizerStep
 from .fit_validation import ValidationInFit
 from .module import Module, takes_batch_idx
+from .precision import Precision
 from .profiler import NO_PROFILE
 from .results import Results
 from .seed import restore_rng_state
+from .strategies.strategy import _NOTHING, Strategy
 from .utils import SurgeError, rank_zero_info, rank_zero_warn
 from .warnings import PossibleUserWarning
 
@@ -83,6 +85,10 @@ class FitLoop(ValidationInFit):
         module = self.module
         self._training_step_takes_idx = takes_batch_idx(module.training_step)  # training_step(self, batch) works
         self._own_optimizer_step = _overrides(module, "optimizer_step", Module)
+        self._own_zero_grad = _overrides(module, "optimizer_zero_grad", Module)
+        precision = self.strategy.precision
+        self.strategy.direct_backward = type(precision).backward is Precision.backward and \
+            not _overrides(module, "backward", Module)
         self._own_clipping = _overrides(module, "configure_gradient_clipping", Module)
         self._warned_none_loss = False
 
@@ -132,6 +138,18 @@ class FitLoop(ValidationInFit):
         # The per-batch hooks nobody listens to are not called at all (their dispatch is most of what a step
         # costs in Python beyond the user's own code); nor the batch transfer where it changes nothing.
         self._quiet = quiet = frozenset(name for name in _BATCH_HOOKS if not self._listened(name))
+        # Where nothing sits between the loop and torch (no profiler, hook, override or clipping), _train_batch
+        # zeroes, steps and runs backward itself: a step then makes about a dozen fewer Python calls.
+        self._automatic = automatic = module.automatic_optimization  # (a property: read once an epoch)
+        plain = self.profiler is None and automatic
+        self._direct_zero_grad = plain and "on_before_zero_grad" in quiet and not self._own_zero_grad
+        self._direct_step = plain and "on_before_optimizer_step" in quiet and not self._own_optimizer_step \
+            and not self._own_clipping
+        # (and where neither the strategy nor the precision, a grad scaler, steps optimizers its own way, the step
+        # is the optimizer's own)
+        self._direct_optimizer = self._direct_step and type(strategy).optimizer_step is Strategy.optimizer_step \
+            and type(strategy.precision).optimizer_step is Precision.optimizer_step
+        self._direct_backward = plain and not self.detect_anomaly
         to_device = self._transfer_needed()
         val_inside = self._val_checks_inside_epoch(limit)  # False: no batch of this epoch but the last can validate
         profiler, preemption = self.profiler, self._preemption
@@ -161,7 +179,7 @@ class FitLoop(ValidationInFit):
             if batch_end_listened:
                 self._update_step_metrics()  # on_train_batch_end (ModelCheckpoint, the bar) sees this step's values
                 # What it sees holds no graph: the step's activations can be freed.
-                if module.automatic_optimization:
+                if automatic:
                     output = _detached_output(output)
                 self._call("on_train_batch_end", output, batch, batch_idx)
             del output  # a skipped step's graph (on_nan="skip") is freed before the next forward
@@ -244,7 +262,7 @@ class FitLoop(ValidationInFit):
         """Forward, backward and (at the end of an accumulation window) the optimizer step for one batch."""
         module, strategy = self.module, self.strategy
         args = (batch, batch_idx) if self._training_step_takes_idx else (batch,)
-        if not module.automatic_optimization:
+        if not self._automatic:
             self._results.hook = "training_step"
             output = strategy.step("training", *args)
             _check_step_output(output, manual=True)
@@ -262,7 +280,7 @@ class FitLoop(ValidationInFit):
             if self._step_takes_opt_idx:
                 module.toggle_optimizer(optimizer)
             # Gradients are synchronised across processes only on the last micro-batch of a window.
-            with strategy.no_backward_sync(not boundary):
+            with _NOTHING if boundary else strategy.no_backward_sync(True):
                 owns_backward = strategy.owns_backward  # a pipeline schedule runs backward inside its step
                 if owns_backward:  # so its gradients are zeroed before the step, not after
                     self._zero_grad_at_window_start(opt_idx, optimizer, batch_idx)
@@ -282,15 +300,21 @@ class FitLoop(ValidationInFit):
                 # and counts in global_step (with every gradient zeroed to None it changes no weight).
                 if loss is None or self._check_finite(loss, batch_idx, opt_idx):  # False: on_nan="skip" dropped it
                     if not owns_backward:
-                        self._zero_grad_at_window_start(opt_idx, optimizer, batch_idx)
+                        if not self._direct_zero_grad:
+                            self._zero_grad_at_window_start(opt_idx, optimizer, batch_idx)
+                        elif opt_idx not in self._grads_pending:  # what the module's optimizer_zero_grad does
+                            optimizer.zero_grad(set_to_none=True)
                     if loss is not None:
                         quiet = self._quiet
                         self._results.hook = "on_before_backward"  # (a module's own backward may log under it)
                         if "on_before_backward" not in quiet:
                             self._call("on_before_backward", loss)
                         if not owns_backward:
-                            self._backward(loss / self.accumulate_grad_batches if self.accumulate_grad_batches > 1
-                                           else loss)
+                            scaled = loss / self.accumulate_grad_batches if self.accumulate_grad_batches > 1 else loss
+                            if self._direct_backward:
+                                strategy.backward(scaled)
+                            else:
+                                self._backward(scaled)
                         if "on_after_backward" not in quiet:
                             self._call("on_after_backward")
                         # fp16's grad scaler skips steps with inf gradients by design: not an anomaly there.
@@ -302,7 +326,15 @@ class FitLoop(ValidationInFit):
             # Each optimizer steps in its own turn, so the next optimizer's training_step sees the update
             # (a GAN's discriminator loss uses the generator just stepped).
             if boundary and opt_idx in self._grads_pending:
-                stepped = self._step_optimizer(opt_idx, batch_idx, loss) or stepped
+                if self._direct_step and not self.gradient_clip_val:
+                    if self._direct_optimizer:
+                        optimizer.step()
+                    else:
+                        strategy.optimizer_step(optimizer)
+                    self._grads_pending.discard(opt_idx)
+                    stepped = True
+                else:
+                    stepped = self._step_optimizer(opt_idx, batch_idx, loss) or stepped
             outputs.append(output)
             if not self._step_takes_opt_idx:
                 break
@@ -352,7 +384,8 @@ class FitLoop(ValidationInFit):
     def _end_step(self) -> None:
         """One optimisation step is done (every optimizer had its turn): count it, step per-step schedulers."""
         self.state.global_step += 1
-        self._step_schedulers("step")
+        if self.lr_scheduler_configs:
+            self._step_schedulers("step")
 
     def _before_optimizer_step(self, optimizer) -> None:
         if "on_before_optimizer_step" not in self._quiet:

@@ -212,7 +212,10 @@ class DDP(NamedCollectives, Strategy):
         return super().step(stage, *args)
 
     def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
-        self._guarded(_BACKWARD, self.precision.backward, loss, *args, module=self.module, **kwargs)
+        if self.direct_backward:
+            self._guarded(_BACKWARD, loss.backward, *args, **kwargs)
+        else:
+            self._guarded(_BACKWARD, self.precision.backward, loss, *args, module=self.module, **kwargs)
 
     def no_backward_sync(self, active: bool):
         # The uneven-data loader handed out the epoch's last batch, maybe inside an accumulation window:

@@ -36,6 +36,9 @@ class Strategy:
     name = "base"
     # Why fit cannot run a module with automatic_optimization = False here (None: it can).
     manual_optimization_unsupported: Optional[str] = None
+    # Set by the Trainer for each fit: neither the precision (a grad scaler) nor the module (its own `backward`
+    # hook) changes backward, so backward calls `loss.backward` itself, two Python calls fewer per step.
+    direct_backward: bool = False
 
     def __init__(self) -> None:
         self.accelerator: str = "cpu"
@@ -142,7 +145,10 @@ class Strategy:
             return getattr(self.module, _STEP_HOOKS[stage])(*args)
 
     def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
-        self.precision.backward(loss, *args, module=self.module, **kwargs)
+        if self.direct_backward:
+            loss.backward(*args, **kwargs)
+        else:
+            self.precision.backward(loss, *args, module=self.module, **kwargs)
 
     def evaluation_context(self, inference_mode: bool):
         """What validate / test / predict (and the sanity check) run under: ``torch.inference_mode`` when
