@@ -37,7 +37,8 @@ class FitLoop(ValidationInFit):
     """Trainer methods that run ``fit``: epochs, batches, optimizer steps; mixed into :class:`surge.Trainer`."""
 
     def _fit_loop(self) -> None:
-        self._flush_due = self._epoch_cut_short = False  # (a new fit: current_epoch is the state's again)
+        # A new fit: current_epoch is the state's again, and no training batch is open.
+        self._flush_due = self._epoch_cut_short = self._batch_open = False
         self._read_module_signatures()
         if self._ckpt_path is not None:
             self._continue_logger_history()
@@ -67,7 +68,6 @@ class FitLoop(ValidationInFit):
         """Train epoch after epoch until fit is done (also the tuner's trials, with their own limits)."""
         state = self.state
         self._said_minimum_not_met = False
-        self._epoch_cut_short = self._batch_open = False
         while not self._fit_done():
             if state.batch_idx == 0 and self._setup_train_data():  # a reload due at this epoch's start
                 self._warn_if_fewer_batches_than_log_interval()
