@@ -138,8 +138,8 @@ class FitLoop(ValidationInFit):
         # The per-batch hooks nobody listens to are not called at all (their dispatch is most of what a step
         # costs in Python beyond the user's own code); nor the batch transfer where it changes nothing.
         self._quiet = quiet = frozenset(name for name in _BATCH_HOOKS if not self._listened(name))
-        # Where nothing sits between the loop and torch (no profiler, hook, override or clipping), _train_batch
-        # zeroes, steps and runs backward itself: a step then makes about a dozen fewer Python calls.
+        # Where nothing sits between the loop and torch (no profiler, hook, override or clipping), zeroing and
+        # stepping call the optimizer itself, past the layers that would only pass the call on.
         self._automatic = automatic = module.automatic_optimization  # (a property: read once an epoch)
         plain = self.profiler is None and automatic
         self._direct_zero_grad = plain and "on_before_zero_grad" in quiet and not self._own_zero_grad
@@ -149,7 +149,6 @@ class FitLoop(ValidationInFit):
         # is the optimizer's own)
         self._direct_optimizer = self._direct_step and type(strategy).optimizer_step is Strategy.optimizer_step \
             and type(strategy.precision).optimizer_step is Precision.optimizer_step
-        self._direct_backward = plain and not self.detect_anomaly
         to_device = self._transfer_needed()
         val_inside = self._val_checks_inside_epoch(limit)  # False: no batch of this epoch but the last can validate
         profiler, preemption = self.profiler, self._preemption
@@ -300,21 +299,15 @@ class FitLoop(ValidationInFit):
                 # and counts in global_step (with every gradient zeroed to None it changes no weight).
                 if loss is None or self._check_finite(loss, batch_idx, opt_idx):  # False: on_nan="skip" dropped it
                     if not owns_backward:
-                        if not self._direct_zero_grad:
-                            self._zero_grad_at_window_start(opt_idx, optimizer, batch_idx)
-                        elif opt_idx not in self._grads_pending:  # what the module's optimizer_zero_grad does
-                            optimizer.zero_grad(set_to_none=True)
+                        self._zero_grad_at_window_start(opt_idx, optimizer, batch_idx)
                     if loss is not None:
                         quiet = self._quiet
                         self._results.hook = "on_before_backward"  # (a module's own backward may log under it)
                         if "on_before_backward" not in quiet:
                             self._call("on_before_backward", loss)
                         if not owns_backward:
-                            scaled = loss / self.accumulate_grad_batches if self.accumulate_grad_batches > 1 else loss
-                            if self._direct_backward:
-                                strategy.backward(scaled)
-                            else:
-                                self._backward(scaled)
+                            self._backward(loss / self.accumulate_grad_batches if self.accumulate_grad_batches > 1
+                                           else loss)
                         if "on_after_backward" not in quiet:
                             self._call("on_after_backward")
                         # fp16's grad scaler skips steps with inf gradients by design: not an anomaly there.
@@ -326,15 +319,7 @@ class FitLoop(ValidationInFit):
             # Each optimizer steps in its own turn, so the next optimizer's training_step sees the update
             # (a GAN's discriminator loss uses the generator just stepped).
             if boundary and opt_idx in self._grads_pending:
-                if self._direct_step and not self.gradient_clip_val:
-                    if self._direct_optimizer:
-                        optimizer.step()
-                    else:
-                        strategy.optimizer_step(optimizer)
-                    self._grads_pending.discard(opt_idx)
-                    stepped = True
-                else:
-                    stepped = self._step_optimizer(opt_idx, batch_idx, loss) or stepped
+                stepped = self._step_optimizer(opt_idx, batch_idx, loss) or stepped
             outputs.append(output)
             if not self._step_takes_opt_idx:
                 break
@@ -347,10 +332,14 @@ class FitLoop(ValidationInFit):
     def _zero_grad_at_window_start(self, opt_idx: int, optimizer, batch_idx: int) -> None:
         """Zero ``optimizer``'s gradients before the first backward of an accumulation window (as Lightning
         does: gradients stay readable after the step, in on_train_batch_end and after fit)."""
-        if opt_idx not in self._grads_pending:
-            if "on_before_zero_grad" not in self._quiet:
-                self._call("on_before_zero_grad", optimizer)
-            self.module.optimizer_zero_grad(self.state.epoch, batch_idx, optimizer)
+        if opt_idx in self._grads_pending:
+            return
+        if self._direct_zero_grad:  # what the module's optimizer_zero_grad does, without the call to it
+            optimizer.zero_grad(set_to_none=True)
+            return
+        if "on_before_zero_grad" not in self._quiet:
+            self._call("on_before_zero_grad", optimizer)
+        self.module.optimizer_zero_grad(self.state.epoch, batch_idx, optimizer)
 
     def _optimizer_steps(self, batch_idx: int) -> None:
         """Step every optimizer that holds gradients (an epoch ending inside a window), then count the step."""
@@ -363,11 +352,18 @@ class FitLoop(ValidationInFit):
     def _step_optimizer(self, opt_idx: int, batch_idx: int, loss=None) -> bool:
         """Clip and step one optimizer (its gradients are zeroed before the next window's first backward).
         A module's own ``optimizer_step`` decides whether it steps; returns whether it did."""
-        if self.profiler is None:
-            stepped = self._step_optimizer_now(self.optimizers[opt_idx], batch_idx, loss)
+        optimizer = self.optimizers[opt_idx]
+        if self._direct_step and not self.gradient_clip_val:  # nothing to do before the step, nothing of the module's
+            if self._direct_optimizer:
+                optimizer.step()
+            else:
+                self.strategy.optimizer_step(optimizer)
+            stepped = True
+        elif self.profiler is None:
+            stepped = self._step_optimizer_now(optimizer, batch_idx, loss)
         else:
             with self.profiler.profile("optimizer_step"):
-                stepped = self._step_optimizer_now(self.optimizers[opt_idx], batch_idx, loss)
+                stepped = self._step_optimizer_now(optimizer, batch_idx, loss)
         self._grads_pending.discard(opt_idx)
         return stepped
 

@@ -385,6 +385,7 @@ class Trainer(TrainerProperties, HookCalls, FitLoop, EvaluationLoops, MetricsHan
         self._agree_on_log_dir()
         self._hooks.clear()
         self._quiet = frozenset()  # the batch hooks nobody listens to: known once an epoch starts (fit_loop)
+        self._direct_zero_grad = self._direct_step = self._direct_optimizer = False  # (the same)
         # On the CPU with no transfer hook overridden, moving a batch is a no-op: skip the walk over it.
         self._transfer_is_noop = strategy.root_device.type == "cpu" and self.datamodule is None and not any(
             _overrides(self.module, name, Module) for name in

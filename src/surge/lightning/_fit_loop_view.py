@@ -11,8 +11,8 @@ Trainer::
 so :class:`FitLoopView` mirrors ``max_epochs``, ``min_epochs``, ``max_steps`` and ``min_steps`` (read and set,
 checked as the Trainer's own arguments), ``epoch_loop.max_steps`` / ``min_steps`` / ``global_step``,
 ``total_batch_idx`` and ``epoch_loop.batch_idx`` (the training batch running now or last, counted over the fit
-and in its epoch), and ``epoch_progress.current.completed`` / ``processed`` (epochs done). Anything else of Lightning's loops is an
-AttributeError that says so.
+and in its epoch), and ``epoch_progress.current.completed`` / ``processed`` (epochs done). Anything else of
+Lightning's loops is an AttributeError that says so.
 """
 from __future__ import annotations
 
