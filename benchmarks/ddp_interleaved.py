@@ -114,7 +114,7 @@ def worker(rank: int, port: int, a) -> None:
         print("fit | plain wall us | surge-side wall us | ratio | plain CPU us | surge-side CPU us | ratio")
         for i, (pw, pc, sw, sc) in enumerate(rows):
             print(f"{i} | {pw:.0f} | {sw:.0f} | {sw / pw:.3f} | {pc:.0f} | {sc:.0f} | {sc / pc:.3f}")
-    dist.barrier()  # gloo may abort a process whose peer tears down first
+    dist.monitored_barrier()  # gloo may abort a process whose peer tears down first (a plain barrier: now and then)
     dist.destroy_process_group()
 
 

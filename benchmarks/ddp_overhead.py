@@ -18,10 +18,15 @@ and then pools every launch's pairs. On a shared machine one launch as a whole c
 than the next by more than its own interval says (its medians' intervals need not overlap); pooled launches
 average that out.
 
+Each rank runs on its own cores, as surge's launcher places the CPU ranks it starts (``surge.launch.core_blocks``,
+every thread of the process bound there before the process group starts, so gloo's threads too): both sides run
+in those processes. ``--no-bind`` leaves the placement to the OS scheduler, which moves the threads between the
+cores (on a 2-core VM that costs the side with more Python per step a few percent more than its instructions).
+
 ``--aa`` runs the plain loop on both sides (an A/A run): how far the pair ratios stray from 1 with no
 difference at all, the resolution of the measurement on this machine.
 Usage: python benchmarks/ddp_overhead.py [--pairs 30] [--launches 1] [--steps 120] [--skip 3] [--batch 64] [--width 256]
-       [--aa]
+       [--aa] [--no-bind]
 """
 import argparse
 import json
@@ -40,7 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset, default_collate
 
 import surge
-from surge.launch import find_free_port
+from surge.launch import bind_to_cpus, core_blocks, find_free_port
 
 WORLD = 2
 
@@ -156,6 +161,10 @@ def worker(rank: int, port: int, a, report: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(a.threads)
+    blocks = None if a.no_bind else core_blocks(WORLD)
+    if blocks:  # and, as surge's launcher, say how many cores the ranks share (surge counts them for its warnings)
+        os.environ["SURGE_NODE_CPUS"] = str(sum(map(len, blocks)))
+        bind_to_cpus(blocks[rank])
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     other, other_name = (plain_run, "plain again") if a.aa else (surge_run, "surge")  # --aa: plain against itself
     plain_run(30, a.batch, a.width), other(30, a.batch, a.width)  # warm-up
@@ -173,8 +182,9 @@ def worker(rank: int, port: int, a, report: str) -> None:
     ratios = [y / x for x, y in zip(b, s)]
     if rank == 0:
         med = statistics.median
-        print(f"torch {torch.__version__}, {WORLD} processes x {a.threads} thread(s), gloo, MLP width {a.width}, "
-              f"batch {a.batch} per process, {a.steps} steps x {a.pairs} pairs, steps from batch {a.skip} on")
+        placed = f"on cores {' / '.join(map(str, blocks))}" if blocks else "placed by the OS"
+        print(f"torch {torch.__version__}, {WORLD} processes x {a.threads} thread(s) {placed}, gloo, "
+              f"MLP width {a.width}, batch {a.batch} per process, {a.steps} steps x {a.pairs} pairs, steps from batch {a.skip} on")
         print(f"plain DDP loop  {med(b) * 1e6:8.1f} us/step (median)")
         print(f"{other_name if a.aa else 'surge ddp':15s} {med(s) * 1e6:8.1f} us/step (median)")
         print(f"ratio of the medians: {med(s) / med(b):.3f}")
@@ -188,7 +198,10 @@ def worker(rank: int, port: int, a, report: str) -> None:
         print(f"whole fits (steps and the rest): median of the pair ratios {med(whole):.3f}", flush=True)
         with open(report, "w") as f:  # for the pooled lines of --launches
             json.dump({"ratios": ratios, "whole": whole}, f)
-    dist.barrier()  # gloo may abort a process whose peer tears down first
+    # gloo may abort a process whose peer tears its connections down first ("terminate called without an active
+    # exception"); after a plain barrier it still did now and then, after a monitored one (rank 0 hears from
+    # every rank, then answers each) it did not in 20 runs, as at the end of surge's own runs
+    dist.monitored_barrier()
     dist.destroy_process_group()
 
 
@@ -206,6 +219,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--aa", action="store_true", help="the plain loop on both sides (the instrument's own spread)")
+    p.add_argument("--no-bind", action="store_true", help="leave the ranks' placement on the cores to the OS")
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) // WORLD), help="torch threads per process")
     a = p.parse_args()
     if not 0 <= a.skip < a.steps - 1:

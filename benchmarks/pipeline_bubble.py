@@ -201,7 +201,7 @@ def worker(rank: int, port: int, a) -> None:
     dist.gather_object((results, hand_split), everyone, dst=0)
     if rank == 0:
         report(a, everyone, time.perf_counter() - began)
-    dist.barrier()  # gloo may abort a process whose peer tears down first
+    dist.monitored_barrier()  # gloo may abort a process whose peer tears down first (a plain barrier: now and then)
     dist.destroy_process_group()
 
 

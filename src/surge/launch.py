@@ -18,7 +18,9 @@ Each child runs in its own session (process group), as under torchrun, and is en
 group: its DataLoader workers go with it, and none is left holding the job's stdout and stderr.
 
 The local ranks share the machine's cores: each one gets ``cores // local ranks`` torch threads
-(:func:`share_threads`), unless the user chose a number (``OMP_NUM_THREADS``, ``torch.set_num_threads``).
+(:func:`share_threads`), unless the user chose a number (``OMP_NUM_THREADS``, ``torch.set_num_threads``);
+on a CPU run each rank then also runs on its own physical cores (:func:`core_blocks`; ``SURGE_BIND_CORES=0``
+leaves the placement to the OS).
 """
 from __future__ import annotations
 
@@ -159,7 +161,12 @@ def detect_environment(devices: int, num_nodes: int) -> ClusterEnvironment:
 
 
 def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    """The CPU cores this process may run on (its affinity mask where the OS has one). In a local rank that
+    surge's launcher bound to its own cores: the cores all the local ranks share (``SURGE_NODE_CPUS``), so
+    that every rank reads the same count (``devices=-1``, the warnings) as rank 0 did before binding."""
+    shared = os.environ.get("SURGE_NODE_CPUS")
+    if shared and shared.isdigit() and int(shared) > 0:
+        return int(shared)
     try:
         return len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # macOS, Windows
@@ -198,19 +205,85 @@ def share_threads(local_processes: int) -> Optional[int]:
     return max(1, usable_cores() // local_processes)
 
 
-def _apply_thread_share(local_processes: int, env: dict, here: bool) -> None:
+def core_blocks(local_processes: int) -> Optional[list[list[int]]]:
+    """Disjoint sets of this process's CPUs, one per local rank: whole physical cores (a core's hyperthreads
+    stay together), as even as they divide. None where the OS cannot bind a process or there are fewer
+    physical cores than processes."""
+    if not hasattr(os, "sched_setaffinity") or local_processes <= 1:
+        return None
+    cores: dict[str, list[int]] = {}
+    for cpu in sorted(os.sched_getaffinity(0)):
+        cores.setdefault(_core_of(cpu), []).append(cpu)
+    if len(cores) < local_processes:
+        return None
+    per, extra = divmod(len(cores), local_processes)
+    groups, start = list(cores.values()), 0
+    blocks = []
+    for rank in range(local_processes):
+        end = start + per + (rank < extra)
+        blocks.append(sorted(cpu for core in groups[start:end] for cpu in core))
+        start = end
+    return blocks
+
+
+def _core_of(cpu: int) -> str:
+    """The physical core of a logical CPU, as the list of its hyperthreads (Linux), else the CPU itself."""
+    try:
+        with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list") as f:
+            return f.read().strip()
+    except OSError:
+        return str(cpu)
+
+
+def bind_to_cpus(cpus: list[int], pid: Optional[int] = None) -> None:
+    """Run the process ``pid`` (a child just started, whose later threads inherit it), or every thread of this
+    process, on ``cpus`` only."""
+    if pid is not None:
+        os.sched_setaffinity(pid, cpus)
+        return
+    try:
+        threads = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # no /proc: the calling thread, and those it starts from now on
+        threads = [0]
+    for tid in threads:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:  # a thread that has just ended
+            pass
+
+
+def _cpu_list(cpus: list[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``0-2,5``."""
+    runs: list[list[int]] = []
+    for cpu in cpus:
+        if runs and cpu == runs[-1][1] + 1:
+            runs[-1][1] = cpu
+        else:
+            runs.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def _share_machine(local_processes: int, env: dict, here: bool, cpu: bool) -> Optional[list[list[int]]]:
     """Give the ranks started with ``env`` (and this process when it is one of them: ``here``) their share
-    of the cores, and say so once."""
+    of the cores, and say so once. On a CPU run each rank also gets its own cores (:func:`core_blocks`)
+    unless ``SURGE_BIND_CORES=0``; returns them, for the caller to bind each rank to its block."""
     threads = share_threads(local_processes)
     if threads is None:
-        return
+        return None
+    blocks = core_blocks(local_processes) if cpu and os.environ.get("SURGE_BIND_CORES", "1") != "0" else None
+    if blocks:  # whole cores may divide unevenly: no rank runs more threads than its block has CPUs
+        threads = min(threads, *(len(b) for b in blocks))
+        env["SURGE_NODE_CPUS"] = str(usable_cores())
     if here:
         import torch
 
         torch.set_num_threads(threads)
     env["OMP_NUM_THREADS"] = str(threads)
+    ranks = ", ".join(f"local rank {r} on CPU {_cpu_list(b)}" for r, b in enumerate(blocks or ()))
+    where = f"; each on its own cores: {ranks} (SURGE_BIND_CORES=0 leaves the placement to the OS)" if blocks else ""
     print(f"surge: {local_processes} local processes on {usable_cores()} CPU cores: {threads} torch thread(s) each "
-          f"(set OMP_NUM_THREADS to choose another number)", flush=True)
+          f"(set OMP_NUM_THREADS to choose another number){where}", flush=True)
+    return blocks
 
 
 def find_free_port() -> int:
@@ -244,8 +317,9 @@ class LocalLauncher:
     ``fit()`` finds them already there.
     """
 
-    def __init__(self, cluster: ClusterEnvironment, devices: int) -> None:
+    def __init__(self, cluster: ClusterEnvironment, devices: int, cpu: bool = False) -> None:
         self.cluster, self.devices = cluster, devices
+        self.cpu = cpu  # the ranks run on the CPU: each gets its own cores
         self.children: dict[int, subprocess.Popen] = {}
         self._stopping = False
         # The requeue exit code while this rank is leaving after a preemption save, else None (set by the
@@ -259,7 +333,7 @@ class LocalLauncher:
         base = {"MASTER_ADDR": self.cluster.main_address, "MASTER_PORT": str(port),
                 "WORLD_SIZE": str(self.cluster.world_size), "NODE_RANK": str(self.cluster.node_rank),
                 "SURGE_LAUNCHER_PID": str(os.getpid())}
-        _apply_thread_share(self.devices, base, here=True)
+        blocks = _share_machine(self.devices, base, here=True, cpu=self.cpu)
         # Rank 0 also carries the variables: code that reads RANK/WORLD_SIZE (ours and the user's) sees one truth.
         os.environ.update(base, RANK=str(self.cluster.global_rank), LOCAL_RANK="0")
         for local in range(1, self.devices):
@@ -267,6 +341,10 @@ class LocalLauncher:
             # Its own session: a terminal's Ctrl-C or `timeout`'s signal reaches rank 0 only (which passes
             # it on, see stop), and the rank can be ended with everything it started (see terminate).
             self.children[local] = subprocess.Popen(command, env=env, cwd=os.getcwd(), start_new_session=_POSIX)
+            if blocks:  # right after exec: the threads it starts later (torch's, gloo's) inherit its cores
+                bind_to_cpus(blocks[local], pid=self.children[local].pid)
+        if blocks:  # after the children, which would otherwise inherit rank 0's cores
+            bind_to_cpus(blocks[0])
         threading.Thread(target=self._watch, name="surge-launcher-watch", daemon=True).start()
         atexit.register(self._wait_at_exit)
 
@@ -424,7 +502,7 @@ def pickle_for_spawn(parts: dict) -> bytes:
     return pickle.dumps(parts, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def spawn(worker, payload: bytes, cluster: ClusterEnvironment, devices: int) -> None:
+def spawn(worker, payload: bytes, cluster: ClusterEnvironment, devices: int, cpu: bool = False) -> None:
     """Run ``worker(payload)`` in ``devices`` new processes as the local ranks of this node, and wait.
 
     Started with ``torch.multiprocessing`` in the "spawn" context (fresh interpreters: safe with CUDA
@@ -441,14 +519,17 @@ def spawn(worker, payload: bytes, cluster: ClusterEnvironment, devices: int) -> 
         port = find_free_port()
     env = {"MASTER_ADDR": cluster.main_address, "MASTER_PORT": str(port), "WORLD_SIZE": str(cluster.world_size),
            "NODE_RANK": str(cluster.node_rank), "SURGE_LAUNCHER_PID": str(os.getpid())}
-    _apply_thread_share(devices, env, here=False)
-    mp.start_processes(_spawned, args=(worker, payload, env, cluster.node_rank * devices), nprocs=devices,
+    blocks = _share_machine(devices, env, here=False, cpu=cpu)
+    mp.start_processes(_spawned, args=(worker, payload, env, cluster.node_rank * devices, blocks), nprocs=devices,
                        start_method="spawn", join=True)
 
 
-def _spawned(local_rank: int, worker, payload: bytes, env: dict, first_rank: int) -> None:
-    """The entry point of a spawned worker: its rank into the environment, then the worker."""
+def _spawned(local_rank: int, worker, payload: bytes, env: dict, first_rank: int,
+             blocks: Optional[list[list[int]]] = None) -> None:
+    """The entry point of a spawned worker: its rank into the environment, its cores, then the worker."""
     os.environ.update(env, RANK=str(first_rank + local_rank), LOCAL_RANK=str(local_rank))
+    if blocks:
+        bind_to_cpus(blocks[local_rank])
     if "OMP_NUM_THREADS" in env:  # torch was imported before the variable was set: it reads it only then
         import torch
 

@@ -1,7 +1,7 @@
 """Smoke test of benchmarks/ddp_overhead.py: a tiny run of surge against the plain DDP loop, and the A/A run
 (``--aa``, the plain loop on both sides), each print both medians, one pair of step times per pair, and what
-a fit costs outside its steps; --launches pools the pairs of several launches; a bad --skip or --launches is
-refused."""
+a fit costs outside its steps, and where the ranks ran (each on its own cores, or with --no-bind where the OS
+put them); --launches pools the pairs of several launches; a bad --skip or --launches is refused."""
 import os
 import re
 import subprocess
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from launch_env import child_env
+from surge import launch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,11 +19,15 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("aa", [False, True])
 def test_tiny_run_prints_medians_and_a_ratio_per_pair(aa):
     env = child_env(PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-    args = ["--pairs", "3", "--steps", "10", "--width", "16", "--batch", "4"] + (["--aa"] if aa else [])
+    # (the A/A run also leaves the placement to the OS)
+    args = ["--pairs", "3", "--steps", "10", "--width", "16", "--batch", "4"] + (["--aa", "--no-bind"] if aa else [])
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ddp_overhead.py"), *args],
                           capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
+    blocks = None if aa else launch.core_blocks(2)
+    placed = f"on cores {' / '.join(map(str, blocks))}" if blocks else "placed by the OS"
+    assert re.search(rf"^torch \S+, 2 processes x \d+ thread\(s\) {re.escape(placed)}, gloo, ", out, re.M), out
     other = "plain again" if aa else "surge ddp"
     assert re.search(r"^plain DDP loop +\d+\.\d us/step \(median\)$", out, re.M), out
     assert re.search(rf"^{other} +\d+\.\d us/step \(median\)$", out, re.M), out

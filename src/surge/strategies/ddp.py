@@ -121,7 +121,7 @@ class DDP(NamedCollectives, Strategy):
     def launch(self, fn, *args, **kwargs):
         """Start the other local ranks (once, on a plain ``python train.py``), then run ``fn`` here."""
         if self._launcher is None and not self.cluster.creates_processes_externally and len(self.device_ids) > 1:
-            self._launcher = LocalLauncher(self.cluster, len(self.device_ids))
+            self._launcher = LocalLauncher(self.cluster, len(self.device_ids), cpu=self.root_device.type == "cpu")
             self._launcher.start()
         preemption = getattr(getattr(fn, "__self__", None), "_preemption", None)
         if self._launcher is not None:  # ranks leaving after a preemption save agreed by all are no failure
@@ -392,7 +392,7 @@ class DDPSpawn(DDP):
 
         with tempfile.TemporaryDirectory(prefix="surge-spawn-") as out:
             payload = pickle_for_spawn({"the trainer (with its callbacks and loggers)": (fn, args, kwargs, out)})
-            spawn(_spawn_worker, payload, self.cluster, len(self.device_ids))
+            spawn(_spawn_worker, payload, self.cluster, len(self.device_ids), cpu=self.root_device.type == "cpu")
             result = self._collect(trainer, out)
         # The run happened in the workers and ended normally (a worker's exception is raised above): this
         # process's state says so too, as after an in-process run (trainer.state.finished).
