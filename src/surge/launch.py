@@ -239,7 +239,10 @@ def bind_to_cpus(cpus: list[int], pid: Optional[int] = None) -> None:
     """Run the process ``pid`` (a child just started, whose later threads inherit it), or every thread of this
     process, on ``cpus`` only."""
     if pid is not None:
-        os.sched_setaffinity(pid, cpus)
+        try:
+            os.sched_setaffinity(pid, cpus)
+        except OSError:  # it has already exited: the launcher's watch reports that
+            pass
         return
     try:
         threads = [int(t) for t in os.listdir("/proc/self/task")]
