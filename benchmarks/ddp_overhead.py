@@ -18,7 +18,7 @@ and then pools every launch's pairs. On a shared machine one launch as a whole c
 than the next by more than its own interval says (its medians' intervals need not overlap); pooled launches
 average that out.
 
-Each rank runs on its own cores, as surge's launcher places the CPU ranks it starts (``surge.launch.core_blocks``,
+Each rank runs on its own cores, as surge's launcher places the CPU ranks it starts (``surge.cores.core_blocks``,
 every thread of the process bound there before the process group starts, so gloo's threads too): both sides run
 in those processes. ``--no-bind`` leaves the placement to the OS scheduler, which moves the threads between the
 cores (on a 2-core VM that costs the side with more Python per step a few percent more than its instructions).
@@ -45,7 +45,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset, default_collate
 
 import surge
-from surge.launch import bind_to_cpus, core_blocks, find_free_port
+from surge.cores import bind_to_cpus, core_blocks
+from surge.launch import find_free_port
 
 WORLD = 2
 

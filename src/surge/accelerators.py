@@ -39,7 +39,7 @@ def available_count(accelerator: str) -> int:
         return torch.cuda.device_count()
     if accelerator == "mps":
         return 1
-    from .launch import usable_cores
+    from .cores import usable_cores
 
     return usable_cores()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from launch_env import child_env
-from surge import launch
+from surge import cores
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +25,7 @@ def test_tiny_run_prints_medians_and_a_ratio_per_pair(aa):
                           capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    blocks = None if aa else launch.core_blocks(2)
+    blocks = None if aa else cores.core_blocks(2)
     placed = f"on cores {' / '.join(map(str, blocks))}" if blocks else "placed by the OS"
     assert re.search(rf"^torch \S+, 2 processes x \d+ thread\(s\) {re.escape(placed)}, gloo, ", out, re.M), out
     other = "plain again" if aa else "surge ddp"

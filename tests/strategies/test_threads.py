@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import surge
-from surge import launch
+from surge import cores
 from surge.warnings import PossibleUserWarning
 
 SCRIPT = r'''
@@ -50,8 +50,8 @@ def run_two_ranks(tmp_path, strategy, **extra_env):
 @pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
 def test_each_local_rank_gets_its_share_of_the_cores(tmp_path, strategy):
     out, ranks = run_two_ranks(tmp_path, strategy)
-    blocks = launch.core_blocks(2)
-    share = max(1, launch.usable_cores() // 2)
+    blocks = cores.core_blocks(2)
+    share = max(1, cores.usable_cores() // 2)
     if blocks:
         share = min(share, *map(len, blocks))
     assert [r[:2] for r in ranks] == [[str(share), str(share)]] * 2
@@ -74,31 +74,31 @@ def test_surge_bind_cores_0_leaves_the_placement_to_the_os(tmp_path):
 def test_core_blocks_keep_hyperthreads_together_and_divide_whole_cores(monkeypatch):
     # 6 physical cores with two hyperthreads each, numbered as Linux does: cpu i and i + 6 share a core
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)))
-    monkeypatch.setattr(launch, "_core_of", lambda cpu: f"{cpu % 6},{cpu % 6 + 6}")
-    assert launch.core_blocks(2) == [[0, 1, 2, 6, 7, 8], [3, 4, 5, 9, 10, 11]]
-    assert launch.core_blocks(4) == [[0, 1, 6, 7], [2, 3, 8, 9], [4, 10], [5, 11]]  # 6 cores: 2, 2, 1, 1
-    assert launch.core_blocks(6) == [[c, c + 6] for c in range(6)]
-    assert launch.core_blocks(7) is None  # more processes than physical cores: the OS places them
-    assert launch.core_blocks(1) is None
+    monkeypatch.setattr(cores, "_core_of", lambda cpu: f"{cpu % 6},{cpu % 6 + 6}")
+    assert cores.core_blocks(2) == [[0, 1, 2, 6, 7, 8], [3, 4, 5, 9, 10, 11]]
+    assert cores.core_blocks(4) == [[0, 1, 6, 7], [2, 3, 8, 9], [4, 10], [5, 11]]  # 6 cores: 2, 2, 1, 1
+    assert cores.core_blocks(6) == [[c, c + 6] for c in range(6)]
+    assert cores.core_blocks(7) is None  # more processes than physical cores: the OS places them
+    assert cores.core_blocks(1) is None
 
 
 def test_share_threads_rules(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(launch, "usable_cores", lambda: 16)
-    monkeypatch.setattr(launch, "_physical_cores", lambda: 8)
+    monkeypatch.setattr(cores, "usable_cores", lambda: 16)
+    monkeypatch.setattr(cores, "_physical_cores", lambda: 8)
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)  # torch's default: the physical cores
-    assert launch.share_threads(4) == 4
-    assert launch.share_threads(32) == 1  # never zero
-    assert launch.share_threads(1) is None  # one process keeps every core
+    assert cores.share_threads(4) == 4
+    assert cores.share_threads(32) == 1  # never zero
+    assert cores.share_threads(1) is None  # one process keeps every core
     monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # the user called torch.set_num_threads(3)
-    assert launch.share_threads(4) is None
+    assert cores.share_threads(4) is None
     monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert launch.share_threads(4) is None
+    assert cores.share_threads(4) is None
 
 
 def test_more_cpu_processes_than_cores_warns():
-    many = launch.usable_cores() + 1
+    many = cores.usable_cores() + 1
     with pytest.warns(PossibleUserWarning, match=rf"devices={many} starts {many} processes on a machine with"):
         surge.Trainer(strategy="ddp", accelerator="cpu", devices=many, logger=False)
