@@ -185,7 +185,8 @@ def worker(rank: int, port: int, a, report: str) -> None:
         med = statistics.median
         placed = f"on cores {' / '.join(map(str, blocks))}" if blocks else "placed by the OS"
         print(f"torch {torch.__version__}, {WORLD} processes x {a.threads} thread(s) {placed}, gloo, "
-              f"MLP width {a.width}, batch {a.batch} per process, {a.steps} steps x {a.pairs} pairs, steps from batch {a.skip} on")
+              f"MLP width {a.width}, batch {a.batch} per process, {a.steps} steps x {a.pairs} pairs, "
+              f"steps from batch {a.skip} on")
         print(f"plain DDP loop  {med(b) * 1e6:8.1f} us/step (median)")
         print(f"{other_name if a.aa else 'surge ddp':15s} {med(s) * 1e6:8.1f} us/step (median)")
         print(f"ratio of the medians: {med(s) / med(b):.3f}")
