@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from .utils import MisconfigurationError
+
 
 def usable_cores() -> int:
     """The CPU cores this process may run on (its affinity mask where the OS has one). In a local rank that
@@ -123,10 +125,14 @@ def share_machine(local_processes: int, env: dict, here: bool, cpu: bool) -> Opt
     """Give the ranks started with ``env`` (and this process when it is one of them: ``here``) their share
     of the cores, and say so once. On a CPU run each rank also gets its own cores (:func:`core_blocks`)
     unless ``SURGE_BIND_CORES=0``; returns them, for the caller to bind each rank to its block."""
+    bind = os.environ.get("SURGE_BIND_CORES", "1").strip() or "1"
+    if bind not in ("0", "1"):
+        raise MisconfigurationError(f"SURGE_BIND_CORES must be 0 (leave the local ranks' placement on the cores to "
+                                    f"the OS) or 1 (each local CPU rank on its own cores, the default), got {bind!r}")
     threads = share_threads(local_processes)
     if threads is None:
         return None
-    blocks = core_blocks(local_processes) if cpu and os.environ.get("SURGE_BIND_CORES", "1") != "0" else None
+    blocks = core_blocks(local_processes) if cpu and bind == "1" else None
     if blocks:  # whole cores may divide unevenly: no rank runs more threads than its block has CPUs
         threads = min(threads, *(len(b) for b in blocks))
         env["SURGE_NODE_CPUS"] = str(usable_cores())

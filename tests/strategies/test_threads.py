@@ -9,6 +9,7 @@ import torch
 
 import surge
 from surge import cores
+from surge.utils import MisconfigurationError
 from surge.warnings import PossibleUserWarning
 
 SCRIPT = r'''
@@ -69,6 +70,12 @@ def test_surge_bind_cores_0_leaves_the_placement_to_the_os(tmp_path):
     everything = repr([tuple(sorted(os.sched_getaffinity(0)))]).replace(" ", "")
     assert [r[2] for r in ranks] == [everything] * 2
     assert "each on its own cores" not in out
+
+
+def test_a_surge_bind_cores_other_than_0_or_1_is_refused_naming_it(monkeypatch):
+    monkeypatch.setenv("SURGE_BIND_CORES", "false")
+    with pytest.raises(MisconfigurationError, match=r"SURGE_BIND_CORES must be 0 .* or 1 .*got 'false'"):
+        cores.share_machine(2, {}, here=False, cpu=True)
 
 
 def test_core_blocks_keep_hyperthreads_together_and_divide_whole_cores(monkeypatch):
